@@ -1,0 +1,266 @@
+"""The protocol every activelab task speaks.
+
+A round of active learning, whatever the task (vision, language, speech), is::
+
+    candidates = selector.candidates(pool.candidates(), ctx)   # what may be asked about this round
+    scores     = scorer.score(task, candidates, ctx)            # one float per candidate, higher = ask first
+    chosen     = selector.select(candidates, scores, k, ctx)    # top-k, stream threshold, proportional shares
+    for answer in oracle.label(task, chosen, ctx):              # simulated, a person, a corruption generator
+        pool.apply(answer)                                      # committed to SQLite before the next answer
+    fit_stats  = task.fit(pool.labels(), ctx)
+    metrics    = task.evaluate()                                # appended to metrics.jsonl
+
+Components are plain classes that satisfy these Protocols; no base class is needed. Each is built as
+``Component(config, env)`` where ``config`` is an instance of the class attribute ``Config`` (a pydantic model
+with ``extra="forbid"``, validated from the recipe) and ``env`` is an :class:`Env`.
+
+Item ids are strings everywhere (``"17"``, ``"img/0001.png"``, ``"level3@5"``): they are the primary key of the
+label store and must be stable across processes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Collection, Iterable, Iterator, Mapping, Protocol, Sequence, Union, runtime_checkable
+
+import numpy as np
+
+ItemId = str
+
+#: Well-known names for :meth:`Task.predict` outputs. A task lists the ones it can produce in ``Task.outputs``;
+#: a scorer lists the ones it needs in ``Scorer.needs``. Plugins may add their own names.
+PROBS = "probs"              # (B, C) class probabilities; (T, B, C) when an MC spec is given
+EMBEDDINGS = "embeddings"    # (B, D) penultimate-layer features
+MC_DROPOUT = "mc_dropout"    # capability: predict(..., mc=MC(mode="dropout" | "batchwise"))
+BOOTSTRAP = "bootstrap"      # capability: fit_bootstrap() + predict(..., mc=MC(mode="bootstrap"))
+
+
+@dataclass(frozen=True)
+class Env:
+    """What a component gets besides its config."""
+
+    seed: int = 0
+    run_dir: Path | None = None
+    device: str = "cpu"          # picked by the core: "cuda" when available
+    progress: bool = True        # show progress bars
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the loop knows about the current round; passed to every call of a round."""
+
+    round: int
+    seed: int
+    budget: int                          # k: how many items this round may ask for
+    labels: Mapping[ItemId, Any]         # every label committed so far (read-only view)
+    run_dir: Path | None = None
+    progress: bool = True
+
+    def rng(self, *stream: int | str) -> np.random.Generator:
+        """A generator determined by (seed, round, stream): the same on a resumed run as on an uninterrupted one."""
+        return rng_for(self.seed, self.round, *stream)
+
+
+def rng_for(seed: int, *stream: int | str) -> np.random.Generator:
+    """Deterministic numpy generator for a named stream of random numbers."""
+    words = [seed]
+    for part in stream:
+        if isinstance(part, str):
+            words.extend(part.encode())   # stable across processes, unlike hash()
+        else:
+            words.append(int(part))
+    return np.random.default_rng(np.random.SeedSequence([w & 0xFFFFFFFF for w in words]))
+
+
+@dataclass(frozen=True)
+class MC:
+    """Ask :meth:`Task.predict` for several stochastic forward passes (a committee).
+
+    mode:
+      - ``"dropout"``: MC dropout, a fresh mask per item and pass (Gal et al.), used by BALD.
+      - ``"batchwise"``: one dropout mask per member, fixed across the whole pool (Ducoffe & Precioso 2015):
+        member t is the same "partial network" for every item.
+      - ``"bootstrap"``: members trained on bootstrap resamples by :meth:`Task.fit_bootstrap`.
+    Outputs then gain a leading axis of size ``samples``.
+    """
+
+    samples: int = 10
+    mode: str = "dropout"
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------------------------- answers
+@dataclass(frozen=True)
+class Label:
+    """An oracle's answer for one item. ``value`` must be JSON-serialisable (it is stored as JSON)."""
+
+    item_id: ItemId
+    value: Any
+    annotator: str = "simulated"
+
+
+@dataclass(frozen=True)
+class Skip:
+    """The oracle declines this item for this round; it stays in the pool."""
+
+    item_id: ItemId
+    annotator: str = "simulated"
+
+
+@dataclass(frozen=True)
+class Undo:
+    """Withdraw the label given to ``item_id`` in the current batch (a person corrects a mistake)."""
+
+    item_id: ItemId
+    annotator: str = "simulated"
+
+
+@dataclass(frozen=True)
+class Quit:
+    """Stop labelling now; the run pauses and ``activelab resume`` asks for what is left of the batch."""
+
+    reason: str = ""
+
+
+Answer = Union[Label, Skip, Undo, Quit]
+
+#: What a scorer returns: one array of scores for all candidates, or an iterator of chunks whose concatenation
+#: aligns with the candidates (lets a selector keep a running top-k, or stop a stream early).
+ScoreStream = Union[np.ndarray, Iterable[np.ndarray]]
+
+
+# ------------------------------------------------------------------------------------------- protocols
+@runtime_checkable
+class Task(Protocol):
+    """A learning problem: data, model, training and evaluation. Owned by a plugin.
+
+    Attributes:
+      outputs: names :meth:`predict` can produce and capabilities it has (``PROBS``, ``EMBEDDINGS``,
+        ``MC_DROPOUT``, ``BOOTSTRAP``, or plugin-specific names). Scorers declare what they need.
+      primary_metric: the metric learning curves and ``activelab compare`` plot by default.
+      query_type: ``"pool"`` (labelled items leave the pool) or ``"synthesis"`` (the candidates are generators
+        that are never used up, e.g. corruption levels; answers create new items).
+    """
+
+    outputs: Collection[str]
+    primary_metric: str
+    query_type: str
+
+    def pool_ids(self) -> Sequence[ItemId]:
+        """Every item (or generator, for synthesis) that may be queried, in a fixed order."""
+
+    def fit(self, labels: Mapping[ItemId, Any], ctx: Context) -> Mapping[str, float]:
+        """Train on the labelled items (plus pseudo-labels or unlabelled data where the method uses them).
+
+        Must be deterministic given the current state, the labels and ``ctx.seed``/``ctx.round``. Returns
+        statistics of the round's training (e.g. ``n_pseudo``, ``pseudo_accuracy``) that go into the metrics.
+        """
+
+    def predict(self, ids: Sequence[ItemId], want: Collection[str], mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Yield dicts of arrays for consecutive chunks of ``ids``, in order, under inference mode.
+
+        Only the names in ``want`` need be present. Each array's item axis is the chunk length (axis 1 when
+        ``mc`` is given, axis 0 otherwise).
+        """
+
+    def evaluate(self) -> Mapping[str, float]:
+        """Metrics on the task's held-out split; must contain ``primary_metric``."""
+
+    def true_label(self, item_id: ItemId) -> Any:
+        """The ground truth for a simulated oracle (JSON-serialisable). Raise ``KeyError`` if unknown."""
+
+    def check_label(self, item_id: ItemId, value: Any) -> Any:
+        """Validate a label from an oracle or a file and return its canonical form; ``ValueError`` if invalid."""
+
+    def describe(self, item_id: ItemId) -> Mapping[str, Any]:
+        """What a person needs to label the item: e.g. ``{"image": path}``, ``{"text": ...}``, ``{"audio": path}``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue from here (model, optimiser, counters), for checkpoints."""
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s result exactly."""
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Informativeness: one float per candidate, higher = ask first.
+
+    ``needs`` lists the task outputs/capabilities the scorer uses; the recipe validator checks them against
+    ``Task.outputs`` so a mismatch is a clear error before anything runs.
+    """
+
+    needs: Collection[str]
+
+    def score(self, task: Task, candidates: Sequence[ItemId], ctx: Context) -> ScoreStream:
+        """Scores aligned with ``candidates`` (an array, or chunks in order). Seeded by ``ctx``."""
+
+
+@runtime_checkable
+class Selector(Protocol):
+    """Turns scores into a query.
+
+    ``select`` returns item ids drawn from ``candidates`` only, at most ``k`` of them, no repeats (a selector
+    for synthesis pools may repeat a generator id: each repeat is one sample to synthesise; it sets
+    ``allows_repeats = True``). ``scores`` is ``None`` for the first batch, before any model exists: the
+    selector then chooses uninformed (random items; equal shares).
+    """
+
+    allows_repeats: bool
+
+    def candidates(self, available: Sequence[ItemId], ctx: Context) -> list[ItemId]:
+        """Which of the available items to score this round, in the order they will be scored."""
+
+    def select(self, candidates: Sequence[ItemId], scores: ScoreStream | None, k: int, ctx: Context) -> list[ItemId]:
+        """The items to ask the oracle about, in asking order."""
+
+
+@runtime_checkable
+class Oracle(Protocol):
+    """Answers queries: a simulation from ground truth, a person, a file exchange, a generator.
+
+    ``label`` is a generator: the loop commits each answer to the label store before it asks for the next
+    one, so nothing a person typed is lost if the process dies. It may answer only part of the batch.
+    """
+
+    def label(self, task: Task, items: Sequence[ItemId], ctx: Context) -> Iterator[Answer]:
+        """Yield one :class:`Label`, :class:`Skip` or :class:`Undo` per answer; :class:`Quit` to pause."""
+
+
+@runtime_checkable
+class Pool(Protocol):
+    """Which items are labelled and which may be asked about; backed by the run's durable label store."""
+
+    def candidates(self) -> list[ItemId]:
+        """Items that may be queried now (unlabelled items; or generators for synthesis)."""
+
+    def labels(self) -> dict[ItemId, Any]:
+        """Every committed label."""
+
+    def n_labeled(self) -> int:
+        """The x-axis of learning curves: labelled items (or synthesised samples)."""
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def iter_chunks(scores: ScoreStream) -> Iterator[np.ndarray]:
+    """Normalise a scorer's result into 1-d float64 chunks."""
+    if isinstance(scores, np.ndarray):
+        yield np.asarray(scores, dtype=np.float64).reshape(-1)
+        return
+    for chunk in scores:
+        yield np.asarray(chunk, dtype=np.float64).reshape(-1)
+
+
+def collect_scores(scores: ScoreStream) -> np.ndarray:
+    """Concatenate a scorer's result into one array."""
+    chunks = list(iter_chunks(scores))
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float64)
+
+
+@dataclass
+class RoundRecord:
+    """One line of metrics.jsonl."""
+
+    round: int
+    n_labeled: int
+    metrics: dict[str, float] = field(default_factory=dict)

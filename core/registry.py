@@ -1,0 +1,103 @@
+"""Plugin discovery: every plugin, built-in or third-party, registers through the ``activelab.plugins``
+entry-point group and exposes a :class:`Manifest` mapping component names to lazy ``"module:attr"`` strings.
+
+Nothing is imported until it is used, so loading the vision plugin's manifest does not import speech code, and a
+recipe can only name components that an installed plugin offers (never an arbitrary import path).
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib.metadata import entry_points
+from typing import Any
+
+from .errors import UserError
+
+GROUP = "activelab.plugins"
+KINDS = ("task", "scorer", "selector", "oracle")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a plugin offers. ``components[kind][name] = "package.module:Attr"``."""
+
+    name: str
+    description: str = ""
+    components: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plugin:
+    manifest: Manifest
+    origin: str            # "entry point core = activelab.manifest:MANIFEST (activelab 0.1.0)"
+
+
+@lru_cache(maxsize=1)
+def plugins() -> dict[str, Plugin]:
+    """All installed plugins by name (cached for the process)."""
+    found: dict[str, Plugin] = {}
+    for ep in entry_points(group=GROUP):
+        try:
+            manifest = ep.load()
+        except Exception as exc:  # a broken third-party plugin must not take the others down
+            raise UserError(f"plugin '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
+        if isinstance(manifest, dict):
+            manifest = Manifest(name=manifest.get("name", ep.name), description=manifest.get("description", ""),
+                                components=manifest.get("components", {}))
+        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "unknown distribution"
+        found[manifest.name] = Plugin(manifest, f"entry point {ep.name} = {ep.value} ({dist})")
+    return found
+
+
+def _suggest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def find(kind: str, name: str, plugin: str | None = None) -> tuple[str, str]:
+    """Resolve a component to ``(plugin_name, "module:attr")`` with an error that lists what exists."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown component kind {kind!r}")
+    found = plugins()
+    if plugin is not None:
+        if plugin not in found:
+            raise UserError(f"plugin '{plugin}' not found; installed: {', '.join(sorted(found))}"
+                            + _suggest(plugin, list(found)))
+        table = found[plugin].manifest.components.get(kind, {})
+        if name not in table:
+            raise UserError(f"{kind} '{name}' not found in plugin {plugin}; available: "
+                            f"{', '.join(sorted(table)) or 'none'}" + _suggest(name, list(table)))
+        return plugin, table[name]
+    hits = [(p, pl.manifest.components.get(kind, {})[name]) for p, pl in sorted(found.items())
+            if name in pl.manifest.components.get(kind, {})]
+    if not hits:
+        everything = sorted({n for pl in found.values() for n in pl.manifest.components.get(kind, {})})
+        raise UserError(f"{kind} '{name}' not found in any plugin; available: {', '.join(everything) or 'none'}"
+                        + _suggest(name, everything))
+    if len(hits) > 1:
+        raise UserError(f"{kind} '{name}' is offered by several plugins ({', '.join(p for p, _ in hits)}); "
+                        f"say which with 'plugin:'")
+    return hits[0]
+
+
+def load(kind: str, name: str, plugin: str | None = None) -> Any:
+    """Import and return the component class."""
+    _, target = find(kind, name, plugin)
+    module, _, attr = target.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def listing() -> list[tuple[str, str, str, list[str]]]:
+    """``(plugin, origin, kind, names)`` rows for ``activelab plugins``."""
+    rows = []
+    for name, plugin in sorted(plugins().items()):
+        for kind in KINDS:
+            names = sorted(plugin.manifest.components.get(kind, {}))
+            if names:
+                rows.append((name, plugin.origin, kind, names))
+    return rows

@@ -1,0 +1,1 @@
+"""Task plugins shipped with activelab. Each registers through the ``activelab.plugins`` entry-point group."""

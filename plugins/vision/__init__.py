@@ -1,0 +1,1 @@
+"""Vision plugin: image classification (CEAL). Components are listed in :mod:`.manifest` and imported lazily."""
