@@ -6,6 +6,8 @@ MANIFEST = Manifest(
     name="core",
     description="task-independent informativeness measures, selectors and oracles",
     components={
+        # A tiny Gaussian-blob classifier: the example task for plugin authors and the loop's fast test task.
+        "task": {"toy": "activelab.testing:ToyTask"},
         "scorer": {
             "random": "activelab.scorers.uncertainty:RandomScorer",
             "least_confidence": "activelab.scorers.uncertainty:LeastConfidence",

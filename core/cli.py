@@ -1,0 +1,153 @@
+"""The ``activelab`` command line. Exit codes: 0 success, 2 a user error (one line naming the field or file),
+1 a bug (with a traceback), 130 interrupted (labels given so far are saved)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import RecipeError, UserError
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from . import recipe as recipes
+    from .loop import Runner, create_run
+
+    resolved = recipes.load(args.recipe, args.overrides)
+    run_dir = create_run(resolved, args.out)
+    print(f"run folder: {run_dir}", file=sys.stderr)
+    return _drive(run_dir, not args.quiet)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    return _drive(Path(args.run), not args.quiet)
+
+
+def _drive(run_dir: Path, progress: bool) -> int:
+    from .loop import Runner
+
+    runner = Runner(run_dir, progress=progress)
+    try:
+        outcome = runner.run()
+    except KeyboardInterrupt:
+        print(f"interrupted; every label given so far is saved. Continue with: activelab resume {run_dir}", file=sys.stderr)
+        return 130
+    finally:
+        runner.close()
+    if outcome == "paused":
+        print(f"paused with labels outstanding; continue with: activelab resume {run_dir}", file=sys.stderr)
+    else:
+        print(f"done: {run_dir}/metrics.jsonl, {run_dir}/learning_curve.png", file=sys.stderr)
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from . import recipe as recipes
+
+    bad = 0
+    for path in args.recipes:
+        try:
+            recipes.load(path)
+            print(f"{path}: ok")
+        except RecipeError as exc:
+            bad += 1
+            for line in exc.lines():
+                print(line, file=sys.stderr)
+        except UserError as exc:
+            bad += 1
+            print(str(exc), file=sys.stderr)
+    return 2 if bad else 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from .registry import listing, plugins
+
+    last = None
+    for name, origin, kind, names in listing():
+        if name != last:
+            print(f"{name}: {plugins()[name].manifest.description}\n  from {origin}")
+            last = name
+        print(f"  {kind + 's':10} {', '.join(names)}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    out = compare(args.recipe, strategies, args.seeds, args.out, args.overrides, metrics, progress=not args.quiet)
+    print((out / "compare.md").read_text())
+    print(f"table: {out}/compare.md, {out}/compare.csv; plot: {out}/compare.png", file=sys.stderr)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .loop import status
+
+    info = status(args.run)
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"{args.run}: {info['status']}, round {info['round']}, {info['labels']} labels, "
+              f"{info['outstanding']} of {info['batch_size']} outstanding in the current batch")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="activelab", description="Active learning for vision, language and speech.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a recipe end to end")
+    r.add_argument("recipe")
+    r.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. loop.rounds=3")
+    r.add_argument("--out", help="run folder (default runs/<name>-<time>)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("resume", help="continue an interrupted or paused run")
+    s.add_argument("run")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=_cmd_resume)
+
+    v = sub.add_parser("validate", help="check recipes without running them")
+    v.add_argument("recipes", nargs="+")
+    v.set_defaults(func=_cmd_validate)
+
+    pl = sub.add_parser("plugins", help="list plugins, their components and where they came from")
+    pl.set_defaults(func=_cmd_plugins)
+
+    c = sub.add_parser("compare", help="run a recipe under several strategies and seeds; write a table and a plot")
+    c.add_argument("recipe")
+    c.add_argument("overrides", nargs="*")
+    c.add_argument("--strategies", required=True, help="comma-separated: names from the recipe's strategies, or scorers")
+    c.add_argument("--seeds", type=int, default=3)
+    c.add_argument("--metrics", help="comma-separated metrics for the table (default: the task's primary metric)")
+    c.add_argument("--out", help="folder for the runs, table and plot (default runs/compare-<name>)")
+    c.add_argument("-q", "--quiet", action="store_true")
+    c.set_defaults(func=_cmd_compare)
+
+    st = sub.add_parser("status", help="where a run stands: round, labels, outstanding batch")
+    st.add_argument("run")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except RecipeError as exc:
+        for line in exc.lines():
+            print(f"activelab: error: {line}", file=sys.stderr)
+        return 2
+    except UserError as exc:
+        print(f"activelab: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

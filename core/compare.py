@@ -1,0 +1,73 @@
+"""``activelab compare``: one recipe under several strategies and seeds, then a table and a plot.
+
+Each (strategy, seed) is an ordinary run folder under ``OUT/<strategy>/seed_<s>``; a comparison that was
+interrupted picks up where it stopped (finished runs are reused, unfinished ones resumed).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from . import recipe as recipes
+from .errors import UserError
+from .loop import RECIPE_FILE, Runner, create_run
+from .report import aggregate, labels_to_reach, markdown_table, plot_compare
+
+
+def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None,
+            overrides: list[str], metrics: list[str] | None = None, progress: bool = True) -> Path:
+    base = recipes.load(recipe_path, overrides)
+    if seeds < 1:
+        raise UserError("--seeds: must be >= 1")
+    if not strategies:
+        raise UserError("--strategies: give at least one strategy")
+    out_dir = Path(out) if out else Path("runs") / f"compare-{base.recipe.name}"
+    primary = getattr(base.classes["task"], "primary_metric", None)
+    wanted = metrics or [primary]
+    # Validate every strategy up front, so a typo fails before hours of training.
+    plans = []
+    for strategy in strategies:
+        extra = recipes.strategy_overrides(base, strategy)
+        for s in range(seeds):
+            data = recipes.apply_overrides(base.raw, {**extra, "seed": base.recipe.seed + s})
+            data.pop("strategies", None)
+            data["name"] = f"{base.recipe.name}-{strategy}"
+            plans.append((strategy, s, recipes.validate(data, source=f"{recipe_path} (strategy {strategy})")))
+
+    runs: dict[str, list[list[dict[str, Any]]]] = {s: [] for s in strategies}
+    for strategy, s, resolved in tqdm(plans, desc="compare", unit="run", disable=not progress):
+        run_dir = out_dir / strategy / f"seed_{s}"
+        if not (run_dir / RECIPE_FILE).exists():
+            create_run(resolved, run_dir)
+        runner = Runner(run_dir, progress=False)
+        try:
+            if runner.run() != "done":
+                raise UserError(f"{run_dir}: the oracle paused this run; finish it with `activelab resume {run_dir}`")
+            runs[strategy].append(runner.store.metrics())
+        finally:
+            runner.close()
+
+    table = aggregate(runs, wanted)
+    (out_dir / "compare.json").write_text(json.dumps(table, indent=1))
+    with open(out_dir / "compare.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=sorted({k for row in table for k in row}))
+        writer.writeheader()
+        writer.writerows(table)
+    text = [f"# {base.recipe.name}: {', '.join(strategies)} over {seeds} seed(s)", "",
+            f"mean ± standard deviation over seeds; recipe {recipe_path}" + (f" with {' '.join(overrides)}" if overrides else ""),
+            "", markdown_table(table, wanted)]
+    if "random" in strategies:
+        finals = [r for r in table if r["strategy"] == "random"]
+        target = max(finals, key=lambda r: r["n_labeled"]).get(f"{wanted[0]}_mean")
+        if target is not None:
+            text.append(f"labels needed to reach random's final {wanted[0]} ({target:.3f}):")
+            for strategy, n in labels_to_reach(table, wanted[0], target).items():
+                text.append(f"- {strategy}: {'not reached' if n is None else f'{n:g}'}")
+            text.append("")
+    (out_dir / "compare.md").write_text("\n".join(text))
+    plot_compare(table, wanted[0], out_dir / "compare.png", title=base.recipe.name)
+    return out_dir

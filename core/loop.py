@@ -1,0 +1,277 @@
+"""The one loop that drives any task, and the run folder it works in.
+
+A run folder holds ``recipe.yaml`` (the resolved recipe), ``labels.sqlite`` (the label store, which also records
+each round's query and metrics), ``metrics.jsonl``, ``checkpoints/round_<r>.pt`` and ``learning_curve.png``.
+
+Round ``r`` (0 .. loop.rounds):
+  1. select batch r: r = 0 is uninformed (``loop.initial`` items); later rounds score the candidates with the
+     model of round r-1 and take ``loop.batch``. The batch is committed before the oracle is asked.
+  2. ask the oracle for every item of the batch still outstanding; each answer is committed as it comes.
+  3. fit model r on all labels (from checkpoint r-1), save checkpoint r atomically.
+  4. evaluate; commit the round's metrics row, rewrite metrics.jsonl and the learning curve.
+
+Every step is idempotent given what the store and the checkpoints hold, so ``resume`` after a kill at any moment
+redoes at most the step that was interrupted. All randomness is derived from (seed, round, purpose), and a fit
+starts from a checkpoint that round-trips exactly, so a resumed run queries the same items as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from . import recipe as recipes
+from .device import pick_device
+from .errors import UserError
+from .pool import make_pool
+from .protocol import Context, Env, Label, Quit, iter_chunks
+from .report import plot_learning_curve
+from .store import LabelStore
+
+RECIPE_FILE = "recipe.yaml"
+STORE_FILE = "labels.sqlite"
+METRICS_FILE = "metrics.jsonl"
+CURVE_FILE = "learning_curve.png"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def create_run(resolved: recipes.Resolved, out: str | Path | None) -> Path:
+    """Make a new run folder with the resolved recipe; refuses to overwrite an existing run."""
+    name = resolved.recipe.name
+    run_dir = Path(out) if out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (run_dir / RECIPE_FILE).exists():
+        raise UserError(f"{run_dir}: already holds a run; continue it with `activelab resume {run_dir}` or pick another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    resolved_dict = resolved.recipe.model_dump(mode="json")
+    _atomic_write(run_dir / RECIPE_FILE, yaml.safe_dump(resolved_dict, sort_keys=False).encode())
+    LabelStore(run_dir / STORE_FILE).close()
+    return run_dir
+
+
+def open_run(run_dir: str | Path) -> recipes.Resolved:
+    run_dir = Path(run_dir)
+    if not (run_dir / RECIPE_FILE).is_file():
+        raise UserError(f"{run_dir}: not a run folder (no {RECIPE_FILE})")
+    return recipes.load(run_dir / RECIPE_FILE)
+
+
+class Runner:
+    """Drives one run folder from wherever it stands to the end (or to a pause)."""
+
+    def __init__(self, run_dir: str | Path, progress: bool = True, oracle_override: Any = None):
+        self.run_dir = Path(run_dir)
+        self.resolved = open_run(self.run_dir)
+        self.recipe = self.resolved.recipe
+        self.progress = progress
+        self.store = LabelStore(self.run_dir / STORE_FILE)
+        self.env = Env(seed=self.recipe.seed, run_dir=self.run_dir, device=pick_device(), progress=progress)
+        build = lambda kind: self.resolved.classes[kind](self.resolved.configs[kind], self.env)  # noqa: E731
+        self.task = build("task")
+        self.scorer = build("scorer")
+        self.selector = build("selector")
+        self.oracle = oracle_override if oracle_override is not None else build("oracle")
+        self.pool = make_pool(self.task, self.store)
+        self.loaded_round = -1  # the task as constructed is the untrained model "of round -1"
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def ctx(self, round: int) -> Context:
+        loop = self.recipe.loop
+        return Context(round=round, seed=self.recipe.seed, budget=loop.initial if round == 0 else loop.batch,
+                       labels=self.pool.labels(), run_dir=self.run_dir, progress=self.progress)
+
+    def checkpoint(self, round: int) -> Path:
+        return self.run_dir / "checkpoints" / f"round_{round}.pt"
+
+    def _ensure_model(self, round: int) -> None:
+        """Put the model of ``round`` in memory (-1 = untrained)."""
+        if self.loaded_round == round:
+            return
+        if round < 0:
+            raise RuntimeError("cannot go back to the untrained model once a checkpoint is loaded")
+        state = torch.load(self.checkpoint(round), map_location=self.env.device, weights_only=False)
+        self.task.load_state_dict(state["task"])
+        self.loaded_round = round
+
+    def _prune(self, round: int) -> None:
+        keep = self.recipe.loop.keep_checkpoints
+        for old in range(0, round - keep + 1):
+            self.checkpoint(old).unlink(missing_ok=True)
+
+    def _scored(self, chunks: Iterator[np.ndarray], total: int, sink: list[np.ndarray]) -> Iterator[np.ndarray]:
+        bar = tqdm(total=total, desc="scoring", unit="item", disable=not self.progress, leave=False)
+        for chunk in chunks:
+            sink.append(chunk)
+            bar.update(len(chunk))
+            yield chunk
+        bar.close()
+
+    # ------------------------------------------------------------------------------------------ steps
+    def select(self, round: int) -> list[str]:
+        batch = self.store.batch(round)
+        if batch is not None:
+            return batch[0]
+        ctx = self.ctx(round)
+        candidates = self.selector.candidates(self.pool.candidates(), ctx)
+        if round == 0:
+            chosen = self.selector.select(candidates, None, ctx.budget, ctx)
+            chosen_scores = None
+        else:
+            self._ensure_model(round - 1)
+            seen: list[np.ndarray] = []
+            started = time.perf_counter()
+            raw = self.scorer.score(self.task, candidates, ctx)
+            chosen = self.selector.select(candidates, self._scored(iter_chunks(raw), len(candidates), seen),
+                                          ctx.budget, ctx)
+            self._score_seconds = time.perf_counter() - started
+            scores = np.concatenate(seen) if seen else np.zeros(0)
+            index = {item: i for i, item in enumerate(candidates[: len(scores)])}
+            chosen_scores = [float(scores[index[c]]) if c in index else None for c in chosen]
+        self.store.open_batch(round, list(chosen), chosen_scores)
+        return list(chosen)
+
+    def ask(self, round: int, batch: list[str]) -> bool:
+        """Ask the oracle for what is outstanding; False if it quit (the run pauses)."""
+        outstanding = self.pool.outstanding(round, batch)
+        if not outstanding:
+            return True
+        self.store.set_state("status", "awaiting labels")
+        bar = tqdm(total=len(outstanding), desc=f"labelling round {round}", unit="item",
+                   disable=not self.progress, leave=False)
+        for answer in self.oracle.label(self.task, outstanding, self.ctx(round)):
+            if isinstance(answer, Quit):
+                bar.close()
+                self.store.set_state("status", "paused")
+                return False
+            outcome = self.pool.apply(answer, round, batch)
+            if isinstance(answer, Label) and outcome == "labelled":
+                bar.update(1)
+        bar.close()
+        return True
+
+    def fit_and_evaluate(self, round: int, batch: list[str]) -> dict[str, Any]:
+        labels = self.pool.labels()
+        if not labels:
+            raise UserError(f"round {round}: no labels to train on (the oracle answered none of {len(batch)} items)")
+        ckpt = self.checkpoint(round)
+        fit_seconds = None
+        if ckpt.exists():  # killed after the checkpoint was written but before the metrics were
+            state = torch.load(ckpt, map_location=self.env.device, weights_only=False)
+            self.task.load_state_dict(state["task"])
+            stats = state["fit_stats"]
+            self.loaded_round = round
+        else:
+            if round > 0:
+                self._ensure_model(round - 1)
+            started = time.perf_counter()
+            stats = dict(self.task.fit(labels, self.ctx(round)))
+            fit_seconds = time.perf_counter() - started
+            buffer = _torch_bytes({"task": self.task.state_dict(), "fit_stats": stats, "round": round})
+            _atomic_write(ckpt, buffer)
+            self.loaded_round = round
+        metrics = dict(self.task.evaluate())
+        queried = self.store.batch(round)[0]
+        record: dict[str, Any] = {
+            "round": round,
+            "n_labeled": self.pool.n_labeled(),
+            "n_queried": len(set(queried) & set(labels)) if self.task.query_type == "pool" else len(queried),
+            **{k: _plain(v) for k, v in stats.items()},
+            **{k: _plain(v) for k, v in metrics.items()},
+        }
+        if fit_seconds is not None:
+            record["fit_seconds"] = round_to(fit_seconds)
+        if getattr(self, "_score_seconds", None) is not None:
+            record["score_seconds"] = round_to(self._score_seconds)
+            self._score_seconds = None
+        self.store.add_metrics(round, record)
+        self.write_reports()
+        self._prune(round)
+        return record
+
+    def write_reports(self) -> None:
+        rows = self.store.metrics()
+        _atomic_write(self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows).encode())
+        plot_learning_curve(rows, self.task.primary_metric, self.run_dir / CURVE_FILE, title=self.recipe.name)
+
+    # ------------------------------------------------------------------------------------------ driver
+    def run(self) -> str:
+        """Run to the end; returns "done" or "paused"."""
+        self.store.set_state("status", "running")
+        for r in range(0, self.recipe.loop.rounds + 1):
+            if self.store.has_metrics(r):
+                continue
+            self.store.set_state("round", r)
+            batch = self.select(r)
+            if not self.ask(r, batch):
+                return "paused"
+            self.store.set_state("status", "training")
+            record = self.fit_and_evaluate(r, batch)
+            self.store.set_state("status", "running")
+            if self.progress:
+                shown = {k: record[k] for k in ("n_labeled", self.task.primary_metric) if k in record}
+                tqdm.write(f"round {r}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
+        self.store.set_state("status", "done")
+        return "done"
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, torch.Tensor):
+        return v.item() if v.numel() == 1 else v.tolist()
+    return v
+
+
+def round_to(x: float, digits: int = 3) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def status(run_dir: str | Path) -> dict[str, Any]:
+    """Where a run stands: round, labelled count, batch outstanding."""
+    run_dir = Path(run_dir)
+    if not (run_dir / STORE_FILE).is_file():
+        raise UserError(f"{run_dir}: not a run folder (no {STORE_FILE})")
+    store = LabelStore(run_dir / STORE_FILE)
+    try:
+        rnd = store.get_state("round", 0)
+        batch = store.batch(rnd)
+        outstanding = 0
+        if batch is not None:
+            done = store.labeled_in(batch[0]) | store.skipped(rnd)
+            outstanding = sum(1 for i in batch[0] if i not in done)
+        rows = store.metrics()
+        return {"status": store.get_state("status", "created"), "round": rnd, "labels": store.count_labels(),
+                "batch_size": len(batch[0]) if batch else 0, "outstanding": outstanding,
+                "last_metrics": rows[-1] if rows else None}
+    finally:
+        store.close()

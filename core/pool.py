@@ -1,0 +1,104 @@
+"""Pools: which items are labelled and which may be asked about, over the run's label store.
+
+Two query types, chosen by ``Task.query_type``:
+
+- ``"pool"`` (:class:`LabelPool`): the classic pool. Candidates are the task's items without a label; a label
+  takes an item out of the pool for good.
+- ``"synthesis"`` (:class:`SynthesisPool`): the learner synthesises its queries. Candidates are generators (e.g.
+  corruption levels) that are never used up; the selector allocates samples to them (a generator id repeated n
+  times = n samples), and the oracle answers with one new item per (generator, round) whose label is a dict with
+  at least ``"count"``. Labels are free, so ``n_labeled`` counts synthesised samples.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import UserError
+from .protocol import Answer, Label, Quit, Skip, Task, Undo
+from .store import LabelStore
+
+
+class LabelPool:
+    """Unlabelled items of the task; a labelled item never comes back."""
+
+    def __init__(self, task: Task, store: LabelStore):
+        self.task = task
+        self.store = store
+        ids = [str(i) for i in task.pool_ids()]
+        if len(set(ids)) != len(ids):
+            raise UserError("the task's pool has duplicate item ids")
+        self._ids = ids
+
+    def candidates(self) -> list[str]:
+        labelled = self.store.labels()
+        return [i for i in self._ids if i not in labelled]
+
+    def labels(self) -> dict[str, Any]:
+        return self.store.labels()
+
+    def n_labeled(self) -> int:
+        return self.store.count_labels()
+
+    def apply(self, answer: Answer, round: int, batch: list[str]) -> str:
+        """Commit one oracle answer; returns what happened ("labelled", "same", "skipped", "undone")."""
+        if isinstance(answer, Quit):
+            raise TypeError("Quit is handled by the loop")
+        if answer.item_id not in batch:
+            raise UserError(f"the oracle answered for item {answer.item_id!r}, which is not in round {round}'s batch")
+        if isinstance(answer, Label):
+            try:
+                value = self.task.check_label(answer.item_id, answer.value)
+            except ValueError as exc:
+                raise UserError(f"label for item {answer.item_id!r} rejected: {exc}") from exc
+            added = self.store.add_label(answer.item_id, value, round, answer.annotator)
+            return "labelled" if added else "same"
+        if isinstance(answer, Skip):
+            self.store.skip(round, answer.item_id)
+            return "skipped"
+        if isinstance(answer, Undo):
+            removed = self.store.remove_label(answer.item_id, round)
+            self.store.unskip(round, answer.item_id)
+            return "undone" if removed else "nothing to undo"
+        raise TypeError(f"unknown answer {answer!r}")
+
+    def outstanding(self, round: int, batch: list[str]) -> list[str]:
+        """Items of the batch that still need an answer (neither labelled nor skipped)."""
+        done = self.store.labeled_in(batch) | self.store.skipped(round)
+        return [i for i in batch if i not in done]
+
+
+class SynthesisPool(LabelPool):
+    """Generators are always candidates; answers are new synthesised items ``"<generator>@<round>"``."""
+
+    def candidates(self) -> list[str]:
+        return list(self._ids)
+
+    def n_labeled(self) -> int:
+        return int(sum(int(v.get("count", 1)) for v in self.store.labels().values()))
+
+    def apply(self, answer: Answer, round: int, batch: list[str]) -> str:
+        if isinstance(answer, Label):
+            generator = answer.item_id.rsplit("@", 1)[0]
+            if generator not in batch:
+                raise UserError(f"synthesised item {answer.item_id!r} does not come from a generator of round {round}")
+            try:
+                value = self.task.check_label(answer.item_id, answer.value)
+            except ValueError as exc:
+                raise UserError(f"synthesised item {answer.item_id!r} rejected: {exc}") from exc
+            added = self.store.add_label(answer.item_id, value, round, answer.annotator)
+            return "labelled" if added else "same"
+        return super().apply(answer, round, batch)
+
+    def outstanding(self, round: int, batch: list[str]) -> list[str]:
+        made = self.store.labeled_in(f"{g}@{round}" for g in set(batch))
+        return [g for g in batch if f"{g}@{round}" not in made]
+
+
+POOLS = {"pool": LabelPool, "synthesis": SynthesisPool}
+
+
+def make_pool(task: Task, store: LabelStore) -> LabelPool:
+    kind = getattr(task, "query_type", "pool")
+    if kind not in POOLS:
+        raise UserError(f"task query_type {kind!r} is not one of {', '.join(POOLS)}")
+    return POOLS[kind](task, store)

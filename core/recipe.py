@@ -1,0 +1,221 @@
+"""Recipes: YAML files (read with ``yaml.safe_load``) validated into typed models with unknown keys rejected.
+
+Validation reports every problem at once, each with its dotted path in the file (``loop.rounds: must be >= 1``):
+the recipe's own fields, the component names (looked up in the installed plugins, never by import path), each
+component's ``params`` (validated by the component's ``Config`` model) and whether the scorer's needs are met by
+the task's outputs.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import registry
+from .errors import RecipeError, UserError
+from .protocol import Env
+
+
+class ComponentSpec(BaseModel):
+    """``{name: entropy, plugin: core, params: {...}}``; ``plugin`` may be left out when the name is unique."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    plugin: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class LoopSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rounds: int = Field(ge=1, description="query rounds after the initial batch")
+    initial: int = Field(ge=0, description="size of the first, uninformed batch (random items, equal shares)")
+    batch: int = Field(ge=1, description="items queried per round")
+    keep_checkpoints: int = Field(default=2, ge=1, description="newest checkpoints kept in the run folder")
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    seed: int = 0
+    task: ComponentSpec
+    scorer: ComponentSpec
+    selector: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="topk"))
+    oracle: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="simulated"))
+    loop: LoopSpec
+    strategies: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="named sets of dotted overrides for `activelab compare --strategies`",
+    )
+
+
+@dataclass
+class Resolved:
+    """A validated recipe with its component classes and validated configs."""
+
+    recipe: Recipe
+    classes: dict[str, type]
+    configs: dict[str, Any]
+    raw: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------------- messages
+def _message(err: dict[str, Any]) -> str:
+    kind, ctx = err.get("type", ""), err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
+        bound = next(iter(ctx.values())) if ctx else "?"
+        return f"must be {op} {bound} (got {err.get('input')!r})"
+    if kind == "dict_type":
+        return f"must be a mapping (got {err.get('input')!r})"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '?')} (got {err.get('input')!r})"
+    msg = err.get("msg", "invalid")
+    return f"{msg[0].lower()}{msg[1:]}" + (f" (got {err.get('input')!r})" if kind.endswith("_type") or kind.endswith("_parsing") else "")
+
+
+def pydantic_problems(exc: ValidationError, prefix: str = "") -> list[str]:
+    out = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err.get("loc", ()))
+        path = f"{prefix}.{path}" if prefix and path else (prefix or path)
+        out.append(f"{path or '(top level)'}: {_message(err)}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- loading
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: recipe file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{p}:{where}: invalid YAML: {problem}") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: a recipe must be a mapping of keys (name, task, scorer, loop, ...), got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``loop.rounds=3`` -> (["loop", "rounds"], 3); the value is read as YAML (numbers, booleans, lists)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"override {text!r}: expected dotted.key=value")
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys in a copy of ``data``; intermediate mappings are created (the schema rejects unknown ones)."""
+    out = copy.deepcopy(data)
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
+    for key, value in items:
+        parts = key.split(".") if isinstance(key, str) else key
+        node = out
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                if part in node and node[part] is not None:
+                    raise UserError(f"override {'.'.join(parts)}: {part} is not a mapping")
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return out
+
+
+def validate(data: dict[str, Any], source: str = "recipe") -> Resolved:
+    """Validate a recipe mapping; raises :class:`RecipeError` listing every problem."""
+    problems: list[str] = []
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(pydantic_problems(exc))
+        recipe = None
+
+    classes: dict[str, type] = {}
+    configs: dict[str, Any] = {}
+    for kind in ("task", "scorer", "selector", "oracle"):
+        spec_raw = data.get(kind, {"name": "topk"} if kind == "selector" else {"name": "simulated"} if kind == "oracle" else None)
+        if not isinstance(spec_raw, dict) or not isinstance(spec_raw.get("name"), str):
+            continue  # already reported by the schema
+        params = spec_raw.get("params") or {}
+        try:
+            cls = registry.load(kind, spec_raw["name"], spec_raw.get("plugin"))
+        except UserError as exc:
+            problems.append(f"{kind}.name: {exc}")
+            continue
+        classes[kind] = cls
+        config_model = getattr(cls, "Config", None)
+        if config_model is None:
+            configs[kind] = dict(params) if isinstance(params, dict) else params
+            continue
+        if not isinstance(params, dict):
+            continue  # reported by the schema
+        try:
+            configs[kind] = config_model.model_validate(params)
+        except ValidationError as exc:
+            problems.extend(pydantic_problems(exc, prefix=f"{kind}.params"))
+
+    # Cross-checks that need both ends.
+    if "task" in configs and "scorer" in configs:
+        needs = _needs(classes["scorer"], configs["scorer"])
+        offers = set(getattr(classes["task"], "outputs", ()))
+        missing = sorted(set(needs) - offers)
+        if missing:
+            problems.append(f"scorer.name: scorer '{data['scorer']['name']}' needs {', '.join(missing)}, which task "
+                            f"'{data['task']['name']}' does not provide (it provides: {', '.join(sorted(offers)) or 'nothing'})")
+    if recipe is not None:
+        for sname, overrides in recipe.strategies.items():
+            if not isinstance(overrides, dict):
+                problems.append(f"strategies.{sname}: must be a mapping of dotted keys to values")
+                continue
+            if any(not isinstance(k, str) or k.startswith("strategies") for k in overrides):
+                problems.append(f"strategies.{sname}: keys must be dotted recipe paths (not strategies.*)")
+    if problems:
+        raise RecipeError(source, problems)
+    return Resolved(recipe=recipe, classes=classes, configs=configs, raw=data)
+
+
+def _needs(scorer_cls: type, config: Any) -> set[str]:
+    """A scorer's needs may depend on its config (a bootstrap vs a dropout committee): ask an instance."""
+    try:
+        return set(scorer_cls(config, Env()).needs)
+    except Exception:  # a scorer that cannot be built without a run still declares its class-level needs
+        return set(getattr(scorer_cls, "needs", ()))
+
+
+def load(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Resolved:
+    data = read_yaml(path)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return validate(data, source=str(path))
+
+
+def strategy_overrides(resolved: Resolved, strategy: str) -> dict[str, Any]:
+    """A named strategy of the recipe, or, when the recipe does not define it, a scorer name."""
+    named = resolved.recipe.strategies
+    if strategy in named:
+        return dict(named[strategy])
+    try:
+        registry.find("scorer", strategy)
+    except UserError as exc:
+        defined = ", ".join(sorted(named)) or "none"
+        raise UserError(f"strategy '{strategy}' is neither defined in the recipe's strategies ({defined}) nor a "
+                        f"scorer: {exc}") from exc
+    return {"scorer": {"name": strategy, "params": {}}}
