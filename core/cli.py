@@ -12,22 +12,29 @@ from .errors import RecipeError, UserError
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from . import recipe as recipes
-    from .loop import Runner, create_run
+    from .loop import create_run
 
     resolved = recipes.load(args.recipe, args.overrides)
     run_dir = create_run(resolved, args.out)
-    print(f"run folder: {run_dir}", file=sys.stderr)
-    return _drive(run_dir, not args.quiet)
+    return _drive(run_dir, args.quiet, fresh=True)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    return _drive(Path(args.run), not args.quiet)
+    return _drive(Path(args.run), args.quiet)
 
 
-def _drive(run_dir: Path, progress: bool) -> int:
-    from .loop import Runner
+def _drive(run_dir: Path, quiet: bool, fresh: bool = False) -> int:
+    from .loop import Runner, discard_run
 
-    runner = Runner(run_dir, progress=progress)
+    # Bars only on a terminal (a log file would get every redraw); a line per round unless --quiet.
+    try:
+        runner = Runner(run_dir, progress=not quiet and sys.stderr.isatty(), echo=not quiet)
+    except UserError:
+        if fresh:  # bad data found before anything was labelled: leave no half-made run folder behind
+            discard_run(run_dir)
+        raise
+    if not quiet:
+        print(f"run folder: {run_dir}", file=sys.stderr)
     try:
         outcome = runner.run()
     except KeyboardInterrupt:
@@ -137,7 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may also come after options (`run r.yaml --out d loop.rounds=3`).
+    if extra:
+        if hasattr(args, "overrides") and not any(e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except RecipeError as exc:

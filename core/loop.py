@@ -64,6 +64,23 @@ def create_run(resolved: recipes.Resolved, out: str | Path | None) -> Path:
     return run_dir
 
 
+def discard_run(run_dir: Path) -> None:
+    """Remove a run folder that never got a label (its components failed to build)."""
+    store = LabelStore(run_dir / STORE_FILE)
+    try:
+        if store.count_labels():
+            return
+    finally:
+        store.close()
+    for name in (RECIPE_FILE, STORE_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm"):
+        (run_dir / name).unlink(missing_ok=True)
+    for folder in (run_dir / "checkpoints", run_dir):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
 def open_run(run_dir: str | Path) -> recipes.Resolved:
     run_dir = Path(run_dir)
     if not (run_dir / RECIPE_FILE).is_file():
@@ -74,11 +91,12 @@ def open_run(run_dir: str | Path) -> recipes.Resolved:
 class Runner:
     """Drives one run folder from wherever it stands to the end (or to a pause)."""
 
-    def __init__(self, run_dir: str | Path, progress: bool = True, oracle_override: Any = None):
+    def __init__(self, run_dir: str | Path, progress: bool = True, oracle_override: Any = None, echo: bool = False):
         self.run_dir = Path(run_dir)
         self.resolved = open_run(self.run_dir)
         self.recipe = self.resolved.recipe
-        self.progress = progress
+        self.progress = progress   # progress bars
+        self.echo = echo           # one summary line per round on stderr
         self.store = LabelStore(self.run_dir / STORE_FILE)
         self.env = Env(seed=self.recipe.seed, run_dir=self.run_dir, device=pick_device(), progress=progress)
         build = lambda kind: self.resolved.classes[kind](self.resolved.configs[kind], self.env)  # noqa: E731
@@ -222,7 +240,7 @@ class Runner:
             self.store.set_state("status", "training")
             record = self.fit_and_evaluate(r, batch)
             self.store.set_state("status", "running")
-            if self.progress:
+            if self.echo:
                 shown = {k: record[k] for k in ("n_labeled", self.task.primary_metric) if k in record}
                 tqdm.write(f"round {r}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
         self.store.set_state("status", "done")

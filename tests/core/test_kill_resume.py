@@ -10,12 +10,25 @@ import time
 import pytest
 import yaml
 
-RECIPE = {
+TOY = {
     "name": "toy-kill",
     "seed": 11,
     "task": {"name": "toy"},
     "scorer": {"name": "entropy"},
     # A slow oracle, so kills land while labels are being given as well as while models train.
+    "oracle": {"name": "simulated", "params": {"delay_s": 0.01}},
+    "loop": {"rounds": 4, "initial": 20, "batch": 15, "keep_checkpoints": 1},
+}
+
+
+# CEAL on digits: fine-tuning carries the model and optimiser state across rounds, pseudo-labels depend on it.
+CEAL = {
+    "name": "ceal-kill",
+    "seed": 2,
+    "task": {"plugin": "vision", "name": "classification",
+             "params": {"data": {"kind": "digits", "max_pool": 500, "max_test": 100}, "epochs": 4, "min_steps": 20,
+                        "pseudo_label": {"enabled": True, "delta0": 0.05, "dr": 0.0033}}},
+    "scorer": {"name": "entropy"},
     "oracle": {"name": "simulated", "params": {"delay_s": 0.01}},
     "loop": {"rounds": 4, "initial": 20, "batch": 15, "keep_checkpoints": 1},
 }
@@ -28,8 +41,12 @@ def cli(*args, **kw):
 
 
 def snapshot(run_dir):
+    if not (run_dir / "labels.sqlite").exists():
+        return {}, {}, []
     db = sqlite3.connect(run_dir / "labels.sqlite")
     try:
+        if db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'metrics'").fetchone()[0] == 0:
+            return {}, {}, []  # caught between creating the file and its tables
         labels = dict(db.execute("SELECT item_id, value FROM labels"))
         batches = dict(db.execute("SELECT round, items FROM batches"))
         metrics = [yaml.safe_load(r[0]) for r in db.execute("SELECT record FROM metrics ORDER BY round")]
@@ -43,9 +60,10 @@ def strip_times(rows):
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_then_resume(tmp_path):
-    recipe = tmp_path / "toy.yaml"
-    recipe.write_text(yaml.safe_dump(RECIPE))
+@pytest.mark.parametrize("data", [TOY, CEAL], ids=["toy", "ceal-digits"])
+def test_sigkill_at_random_moments_then_resume(tmp_path, data):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(data))
 
     ref = cli("run", str(recipe), "--out", str(tmp_path / "ref"), "-q")
     assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()
@@ -59,7 +77,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     # Kill whenever the run has made progress since the last kill: first while labels are being given, then
     # while a model trains (a new metrics row appears only after a fit), at a random moment each time.
     for wait_for in ("labels", "labels", "metrics", "labels", "metrics"):
-        before = snapshot(run_dir) if (run_dir / "labels.sqlite").exists() else ({}, {}, [])
+        before = snapshot(run_dir)
         deadline = time.time() + 120
         while proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)

@@ -1,0 +1,366 @@
+"""Image classification with CEAL (Wang et al., TCSVT 2016): the task the vision plugin offers as
+``classification``.
+
+Each round the loop queries the K most uncertain pool items (least confidence, margin or entropy: core scorers)
+and calls :meth:`ClassificationTask.fit`, which
+
+1. scores the remaining unlabelled pool with the current model (the model of the previous round, the one that
+   scored the query) and gives every item with entropy below ``delta_t = delta0 - dr * t`` its pseudo-label
+   ``argmax p`` (see :mod:`.ceal`); these count for this round's training only and are never stored;
+2. fine-tunes the model on labelled + pseudo-labelled items (``fine_tune: false`` re-initialises it instead);
+3. reports ``n_train``, ``n_pseudo``, ``pseudo_accuracy`` (against the ground truth), ``delta`` and
+   ``train_loss``.
+
+All randomness of a fit (initialisation, shuffling, dropout) is drawn from generators seeded by
+(seed, round), inside :func:`torch.random.fork_rng`, so the same labels and state give bit-identical weights on
+the CPU and the global torch RNG is left as it was.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Collection, Iterator, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from sklearn.metrics import accuracy_score, f1_score
+from tqdm.auto import tqdm
+
+from activelab.dropout import mc_dropout
+from activelab.errors import UserError
+from activelab.protocol import BOOTSTRAP, EMBEDDINGS, MC, MC_DROPOUT, PROBS, Context, Env, ItemId, rng_for
+
+from .ceal import ceal_delta, entropy, high_confidence
+from .datasets import DataConfig, load_data
+from .models import build_model
+
+
+class PseudoLabelConfig(BaseModel):
+    """CEAL's high-confidence samples. Defaults: delta0 = 0.05, dr = 0.0033 (one public setting of the paper)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False                   # on in the CEAL recipes; off = plain uncertainty sampling
+    delta0: float = Field(0.05, ge=0)       # entropy threshold (nats) in round 0
+    dr: float = Field(0.0033, ge=0)         # decrease per round: delta_t = delta0 - dr * t
+    max_fraction: float | None = Field(None, gt=0, le=1)   # cap: at most this fraction of the unlabelled pool
+
+
+class ClassificationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: Literal["small_cnn", "resnet18"] = "small_cnn"
+    epochs: int = Field(20, ge=1)           # passes over labelled + pseudo-labelled items per fit
+    min_steps: int = Field(100, ge=0)       # at least this many optimiser steps per fit (tiny labelled sets)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1)   # sgd only
+    dropout: float = Field(0.5, ge=0, lt=1)
+    fine_tune: bool = True                  # continue from the previous round's weights (CEAL); false = re-init
+    pseudo_label: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
+    bootstrap_epochs: int | None = Field(None, ge=1)   # fit_bootstrap members; default: half of epochs
+    eval_batch_size: int = Field(512, ge=1)
+
+
+MC_MODES = ("dropout", "batchwise", "bootstrap")
+
+
+def _seed(*stream: int | str) -> int:
+    return int(rng_for(*stream).integers(2**62))
+
+
+class ClassificationTask:
+    """CEAL image classification on digits, an image folder, a saved Hugging Face dataset, MNIST or
+    Fashion-MNIST; a small CNN or ResNet-18."""
+
+    Config = ClassificationConfig
+    outputs = frozenset({PROBS, EMBEDDINGS, MC_DROPOUT, BOOTSTRAP})
+    primary_metric = "accuracy"
+    query_type = "pool"
+
+    def __init__(self, config: ClassificationConfig, env: Env):
+        self.cfg = config
+        self.env = env
+        self.device = torch.device(env.device)
+        data = load_data(config.data, env.seed)
+        self.classes = data.classes
+        self.pool, self.test = data.pool, data.test
+        self._index = {item: i for i, item in enumerate(self.pool.ids)}
+        self._class_index = {name: i for i, name in enumerate(self.classes)}
+        images = self.pool.images
+        self._mean = images.mean(dim=(0, 2, 3), keepdim=True)
+        self._std = images.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+        self._preview_dir: Path | None = None
+        self.model = self._new_model(_seed(env.seed, "vision-init"))
+        self.optimizer = self._new_optimizer(self.model)
+        self.fitted = False
+        self.members: list[torch.nn.Module] = []
+
+    # ------------------------------------------------------------------------------------------ building
+    def _rng_devices(self) -> list[int]:
+        return [self.device.index or 0] if self.device.type == "cuda" else []
+
+    def _new_model(self, seed: int) -> torch.nn.Module:
+        channels, size = self.pool.images.shape[1], self.pool.images.shape[-1]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_model(self.cfg.model, channels, len(self.classes), size, self.cfg.dropout)
+        return model.to(self.device)
+
+    def _new_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        if self.cfg.optimizer == "sgd":
+            return torch.optim.SGD(model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum,
+                                   weight_decay=self.cfg.weight_decay)
+        return torch.optim.Adam(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
+        return ((images - self._mean) / self._std).to(self.device)
+
+    # ------------------------------------------------------------------------------------------ protocol
+    def pool_ids(self) -> Sequence[ItemId]:
+        return list(self.pool.ids)
+
+    def _labelled(self, labels: Mapping[ItemId, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Pool positions and class indices of the labelled items, in sorted order of item id."""
+        ids = sorted(labels)
+        index = np.asarray([self._position(i) for i in ids], dtype=np.int64)
+        y = np.asarray([self.check_label(i, labels[i]) for i in ids], dtype=np.int64)
+        return index, y
+
+    def _position(self, item_id: ItemId) -> int:
+        try:
+            return self._index[item_id]
+        except KeyError:
+            raise KeyError(f"unknown item {item_id!r} (not in the pool)") from None
+
+    def pseudo_labels(self, labels: Mapping[ItemId, Any], round: int) -> tuple[np.ndarray, np.ndarray, float | None]:
+        """CEAL's high-confidence samples for this round: (pool positions, pseudo-labels, delta_t).
+
+        Uses the current model, i.e. the one that scored this round's query; none before the first fit.
+        """
+        cfg = self.cfg.pseudo_label
+        empty = np.zeros(0, dtype=np.int64)
+        if not cfg.enabled:
+            return empty, empty, None
+        delta = ceal_delta(cfg.delta0, cfg.dr, round)
+        if not self.fitted or delta <= 0:
+            return empty, empty, delta
+        unlabelled = np.asarray([i for i, item in enumerate(self.pool.ids) if item not in labels], dtype=np.int64)
+        if unlabelled.size == 0:
+            return empty, empty, delta
+        probs = self._pool_probs(unlabelled)
+        chosen = high_confidence(entropy(probs), delta, cfg.max_fraction)
+        return unlabelled[chosen], probs[chosen].argmax(axis=1).astype(np.int64), delta
+
+    def _pool_probs(self, positions: np.ndarray) -> np.ndarray:
+        chunks = [out[PROBS] for out in self._predict_positions(positions, {PROBS}, None)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)), np.float32)
+
+    def fit(self, labels: Mapping[ItemId, Any], ctx: Context) -> Mapping[str, float]:
+        if not labels:
+            raise ValueError("fit needs at least one label")
+        positions, y = self._labelled(labels)
+        pseudo_pos, pseudo_y, delta = self.pseudo_labels(labels, ctx.round)
+        if not self.fitted or not self.cfg.fine_tune:
+            self.model = self._new_model(_seed(ctx.seed, ctx.round, "vision-init"))
+            self.optimizer = self._new_optimizer(self.model)
+        train_pos = np.concatenate([positions, pseudo_pos])
+        train_y = np.concatenate([y, pseudo_y])
+        loss = self._train(self.model, self.optimizer, train_pos, train_y, self.cfg.epochs,
+                           _seed(ctx.seed, ctx.round, "vision-fit"), desc=f"fit round {ctx.round}",
+                           progress=self.env.progress and ctx.progress)
+        self.fitted = True
+        stats: dict[str, float] = {"n_train": int(len(train_y)), "n_pseudo": int(len(pseudo_y)), "train_loss": loss}
+        if delta is not None:
+            stats["delta"] = float(delta)
+        if len(pseudo_y):
+            stats["pseudo_accuracy"] = float(np.mean(pseudo_y == self.pool.labels[pseudo_pos]))
+        return stats
+
+    def _train(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, positions: np.ndarray,
+               y: np.ndarray, epochs: int, seed: int, desc: str = "fit", progress: bool = False) -> float:
+        """Mini-batch training; returns the mean loss of the last epoch."""
+        n = len(y)
+        x = self._inputs(self.pool.images[torch.from_numpy(positions)])
+        target = torch.from_numpy(y).to(self.device)
+        bs = self.cfg.batch_size
+        steps = max(1, math.ceil(n / bs))
+        epochs = max(epochs, math.ceil(self.cfg.min_steps / steps))
+        starts = list(range(0, n, bs))
+        if len(starts) > 1 and n - starts[-1] == 1:
+            starts.pop()    # no batch of one item (batch norm in resnet18 cannot train on it)
+        bounds = list(zip(starts, starts[1:] + [n]))
+        shuffle = torch.Generator().manual_seed(seed)
+        model.train()
+        last = float("nan")
+        with torch.random.fork_rng(devices=self._rng_devices()):
+            torch.manual_seed(seed)          # dropout masks
+            for _ in tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress, leave=False):
+                order = torch.randperm(n, generator=shuffle).to(self.device)
+                total = 0.0
+                for a, b in bounds:
+                    batch = order[a:b]
+                    loss = F.cross_entropy(model(x[batch]), target[batch])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += float(loss.detach()) * (b - a)
+                last = total / n
+        model.eval()
+        return last
+
+    def fit_bootstrap(self, labels: Mapping[ItemId, Any], n: int, seed: int) -> None:
+        """Train ``n`` members from scratch, each on a bootstrap resample (with replacement, as many draws as
+        labels) of the labelled set, without pseudo-labels, for ``bootstrap_epochs`` (default: half of
+        ``epochs``; ``min_steps`` still applies). They serve ``predict(..., mc=MC(mode="bootstrap"))``."""
+        if n < 1:
+            raise ValueError("fit_bootstrap needs n >= 1")
+        positions, y = self._labelled(labels)
+        epochs = self.cfg.bootstrap_epochs or max(1, self.cfg.epochs // 2)
+        members = []
+        for m in range(n):
+            draw = rng_for(seed, "vision-bootstrap", m).integers(0, len(y), size=len(y))
+            model = self._new_model(_seed(seed, "vision-bootstrap-init", m))
+            self._train(model, self._new_optimizer(model), positions[draw], y[draw], epochs,
+                        _seed(seed, "vision-bootstrap-fit", m))
+            members.append(model)
+        self.members = members
+
+    def predict(self, ids: Sequence[ItemId], want: Collection[str], mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
+        if mc is not None:     # checked here, not in the generator, so a mistake shows at the call
+            if mc.mode not in MC_MODES:
+                raise ValueError(f"unknown MC mode {mc.mode!r}; available: {', '.join(MC_MODES)}")
+            if mc.samples < 1:
+                raise ValueError(f"MC needs samples >= 1, got {mc.samples}")
+            if mc.mode == "bootstrap" and mc.samples > len(self.members):
+                raise ValueError(f"MC(mode='bootstrap', samples={mc.samples}) needs fit_bootstrap(labels, n >= "
+                                 f"{mc.samples}) first; {len(self.members)} members trained")
+        positions = np.asarray([self._position(i) for i in ids], dtype=np.int64)
+        return self._predict_positions(positions, set(want), mc)
+
+    def _predict_positions(self, positions: np.ndarray, want: set[str], mc: MC | None,
+                           images: torch.Tensor | None = None) -> Iterator[dict[str, np.ndarray]]:
+        images = self.pool.images if images is None else images
+        models = self.members[: mc.samples] if mc is not None and mc.mode == "bootstrap" else [self.model]
+        for model in models:
+            model.eval()
+        bs = self.cfg.eval_batch_size
+        for n, start in enumerate(range(0, len(positions), bs)):
+            chunk = torch.from_numpy(positions[start:start + bs])
+            with torch.inference_mode():
+                x = self._inputs(images[chunk])
+                if mc is None:
+                    h = self.model.features(x)
+                    out = self._outputs(h[None], self.model.classify(h)[None], want, squeeze=True)
+                elif mc.mode == "bootstrap":
+                    hs = [m.features(x) for m in models]
+                    out = self._outputs(torch.stack(hs), torch.stack([m.classify(h) for m, h in zip(models, hs)]),
+                                        want)
+                else:
+                    # dropout sits only in the head: features once, the head T times. The block is closed before
+                    # the yield, so the model is never left in MC mode while the caller holds this generator.
+                    h = self.model.features(x)
+                    with mc_dropout(self.model, mc.mode, mc.seed, chunk=n) as drop:
+                        logits = torch.stack([self.model.classify(h) for _ in drop.members(mc.samples)])
+                    out = self._outputs(h.expand(mc.samples, *h.shape), logits, want)
+            yield out
+
+    @staticmethod
+    def _outputs(h: torch.Tensor, logits: torch.Tensor, want: set[str], squeeze: bool = False) -> dict[str, np.ndarray]:
+        """(T, B, ...) features and logits -> the wanted numpy arrays (T axis dropped when ``squeeze``)."""
+        out: dict[str, np.ndarray] = {}
+        if PROBS in want:
+            out[PROBS] = torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float32)
+        if EMBEDDINGS in want:
+            out[EMBEDDINGS] = h.float().contiguous().cpu().numpy()
+        if squeeze:
+            out = {k: v[0] for k, v in out.items()}
+        return out
+
+    def evaluate(self) -> Mapping[str, float]:
+        positions = np.arange(len(self.test), dtype=np.int64)
+        chunks = [out[PROBS] for out in self._predict_positions(positions, {PROBS}, None, self.test.images)]
+        predicted = np.concatenate(chunks).argmax(axis=1)
+        truth = self.test.labels
+        return {"accuracy": float(accuracy_score(truth, predicted)),
+                "macro_f1": float(f1_score(truth, predicted, average="macro", labels=list(range(len(self.classes))),
+                                           zero_division=0))}
+
+    # ------------------------------------------------------------------------------------------ labels
+    def true_label(self, item_id: ItemId) -> int:
+        return int(self.pool.labels[self._position(item_id)])
+
+    def _canonical(self, value: Any) -> int:
+        if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+            if 0 <= int(value) < len(self.classes):
+                return int(value)
+        elif isinstance(value, str) and value.strip() in self._class_index:
+            return self._class_index[value.strip()]
+        raise ValueError(f"invalid label {value!r}: give a class index 0..{len(self.classes) - 1} or a class name "
+                         f"({', '.join(self.classes)})")
+
+    def check_label(self, item_id: ItemId, value: Any) -> int:
+        if item_id not in self._index:
+            raise ValueError(f"unknown item {item_id!r} (not in the pool)")
+        return self._canonical(value)
+
+    def corrupt_label(self, value: Any, rng: np.random.Generator) -> int:
+        """A uniformly random class other than ``value``."""
+        true = self._canonical(value)
+        other = int(rng.integers(len(self.classes) - 1))
+        return other + (other >= true)
+
+    def describe(self, item_id: ItemId) -> Mapping[str, Any]:
+        position = self._position(item_id)
+        if self.pool.paths is not None:
+            return {"image": self.pool.paths[position], "classes": list(self.classes)}
+        return {"image": str(self._preview(item_id, position)), "classes": list(self.classes)}
+
+    def _preview(self, item_id: ItemId, position: int) -> Path:
+        """A PNG of an in-memory image, upscaled for a person to see, written on first request."""
+        from PIL import Image
+        if self._preview_dir is None:
+            base = Path(self.env.run_dir) if self.env.run_dir is not None else Path(tempfile.mkdtemp(prefix="activelab-"))
+            self._preview_dir = base / "previews"
+        path = self._preview_dir / (re.sub(r"[^A-Za-z0-9_.-]", "_", item_id) + ".png")
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            array = (self.pool.images[position].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+            img = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
+            scale = max(1, 128 // max(img.size))
+            img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
+        return path
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "fitted": self.fitted,
+            "members": [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.members],
+            "classes": list(self.classes),
+            "pool_size": len(self.pool),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if list(state["classes"]) != self.classes or state["pool_size"] != len(self.pool):
+            raise UserError("checkpoint does not match the task's data (classes or pool size differ)")
+        self.model = self._new_model(0)
+        self.model.load_state_dict(state["model"])
+        self.optimizer = self._new_optimizer(self.model)
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.fitted = bool(state["fitted"])
+        self.members = []
+        for member_state in state["members"]:
+            member = self._new_model(0)
+            member.load_state_dict(member_state)
+            self.members.append(member.eval())
+        self.model.eval()

