@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"activelab: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("activelab: interrupted; labels given so far are saved (continue with `activelab resume`)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

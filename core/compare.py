@@ -10,11 +10,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tqdm.auto import tqdm
 
 from . import recipe as recipes
 from .errors import UserError
-from .loop import RECIPE_FILE, Runner, create_run
+from .loop import RECIPE_FILE, Runner, create_run, resolved_recipe
 from .report import aggregate, labels_to_reach, markdown_table, plot_compare
 
 
@@ -43,6 +44,8 @@ def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None
         run_dir = out_dir / strategy / f"seed_{s}"
         if not (run_dir / RECIPE_FILE).exists():
             create_run(resolved, run_dir)
+        elif yaml.safe_load((run_dir / RECIPE_FILE).read_text()) != resolved_recipe(resolved):
+            raise UserError(f"{run_dir}: made by a different recipe or strategy; remove it or choose another --out")
         runner = Runner(run_dir, progress=False)
         try:
             if runner.run() != "done":

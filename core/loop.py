@@ -50,16 +50,28 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def resolved_recipe(resolved: recipes.Resolved) -> dict[str, Any]:
+    """The recipe as a run folder stores it: validated params with every default filled in, so a later change
+    of a plugin's default does not change what a resumed run does."""
+    out = resolved.recipe.model_dump(mode="json")
+    for kind, config in resolved.configs.items():
+        if hasattr(config, "model_dump"):
+            out[kind]["params"] = config.model_dump(mode="json")
+    return out
+
+
 def create_run(resolved: recipes.Resolved, out: str | Path | None) -> Path:
     """Make a new run folder with the resolved recipe; refuses to overwrite an existing run."""
     name = resolved.recipe.name
     run_dir = Path(out) if out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if (run_dir / RECIPE_FILE).exists():
         raise UserError(f"{run_dir}: already holds a run; continue it with `activelab resume {run_dir}` or pick another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    resolved_dict = resolved.recipe.model_dump(mode="json")
-    _atomic_write(run_dir / RECIPE_FILE, yaml.safe_dump(resolved_dict, sort_keys=False).encode())
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {run_dir}: cannot make the run folder: {exc.strerror}") from exc
+    _atomic_write(run_dir / RECIPE_FILE, yaml.safe_dump(resolved_recipe(resolved), sort_keys=False).encode())
     LabelStore(run_dir / STORE_FILE).close()
     return run_dir
 
@@ -72,7 +84,7 @@ def discard_run(run_dir: Path) -> None:
             return
     finally:
         store.close()
-    for name in (RECIPE_FILE, STORE_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm"):
+    for name in (RECIPE_FILE, STORE_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm", ".lock"):
         (run_dir / name).unlink(missing_ok=True)
     for folder in (run_dir / "checkpoints", run_dir):
         try:
@@ -94,6 +106,7 @@ class Runner:
     def __init__(self, run_dir: str | Path, progress: bool = True, oracle_override: Any = None, echo: bool = False):
         self.run_dir = Path(run_dir)
         self.resolved = open_run(self.run_dir)
+        self._lock = _lock(self.run_dir)
         self.recipe = self.resolved.recipe
         self.progress = progress   # progress bars
         self.echo = echo           # one summary line per round on stderr
@@ -116,15 +129,21 @@ class Runner:
     def checkpoint(self, round: int) -> Path:
         return self.run_dir / "checkpoints" / f"round_{round}.pt"
 
-    def _ensure_model(self, round: int) -> None:
-        """Put the model of ``round`` in memory (-1 = untrained)."""
+    def _ensure_model(self, round: int) -> dict[str, Any]:
+        """Put the model of ``round`` in memory (-1 = untrained); returns the checkpoint read, if any.
+
+        Checkpoints are our own files, written by this loop: loading them with ``weights_only=False`` is safe."""
         if self.loaded_round == round:
-            return
+            return {}
         if round < 0:
             raise RuntimeError("cannot go back to the untrained model once a checkpoint is loaded")
-        state = torch.load(self.checkpoint(round), map_location=self.env.device, weights_only=False)
+        path = self.checkpoint(round)
+        if not path.exists():
+            raise UserError(f"{path}: checkpoint missing; the run folder was changed by hand")
+        state = torch.load(path, map_location=self.env.device, weights_only=False)
         self.task.load_state_dict(state["task"])
         self.loaded_round = round
+        return state
 
     def _prune(self, round: int) -> None:
         keep = self.recipe.loop.keep_checkpoints
@@ -164,22 +183,29 @@ class Runner:
         return list(chosen)
 
     def ask(self, round: int, batch: list[str]) -> bool:
-        """Ask the oracle for what is outstanding; False if it quit (the run pauses)."""
+        """Ask the oracle until nothing is outstanding (an undone item is asked again) or it stops answering;
+        False if it quit (the run pauses)."""
         outstanding = self.pool.outstanding(round, batch)
-        if not outstanding:
-            return True
-        self.store.set_state("status", "awaiting labels")
-        bar = tqdm(total=len(outstanding), desc=f"labelling round {round}", unit="item",
-                   disable=not self.progress, leave=False)
-        for answer in self.oracle.label(self.task, outstanding, self.ctx(round)):
-            if isinstance(answer, Quit):
-                bar.close()
-                self.store.set_state("status", "paused")
-                return False
-            outcome = self.pool.apply(answer, round, batch)
-            if isinstance(answer, Label) and outcome == "labelled":
-                bar.update(1)
-        bar.close()
+        if outstanding:
+            self.store.set_state("status", "awaiting labels")
+        while outstanding:
+            progressed = False
+            bar = tqdm(total=len(outstanding), desc=f"labelling round {round}", unit="item",
+                       disable=not self.progress, leave=False)
+            for answer in self.oracle.label(self.task, outstanding, self.ctx(round)):
+                if isinstance(answer, Quit):
+                    bar.close()
+                    self.store.set_state("status", "paused")
+                    return False
+                outcome = self.pool.apply(answer, round, batch)
+                progressed = progressed or outcome in ("labelled", "skipped", "same")
+                if isinstance(answer, Label) and outcome == "labelled":
+                    bar.update(1)
+            bar.close()
+            left = self.pool.outstanding(round, batch)
+            if not progressed or left == outstanding:
+                break  # the oracle answered only part of the batch: go on with what it gave
+            outstanding = left
         return True
 
     def fit_and_evaluate(self, round: int, batch: list[str]) -> dict[str, Any]:
@@ -189,10 +215,7 @@ class Runner:
         ckpt = self.checkpoint(round)
         fit_seconds = None
         if ckpt.exists():  # killed after the checkpoint was written but before the metrics were
-            state = torch.load(ckpt, map_location=self.env.device, weights_only=False)
-            self.task.load_state_dict(state["task"])
-            stats = state["fit_stats"]
-            self.loaded_round = round
+            stats = self._ensure_model(round)["fit_stats"]
         else:
             if round > 0:
                 self._ensure_model(round - 1)
@@ -243,11 +266,28 @@ class Runner:
             if self.echo:
                 shown = {k: record[k] for k in ("n_labeled", self.task.primary_metric) if k in record}
                 tqdm.write(f"round {r}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
+        # Reports and pruning again: a kill between the last metrics commit and these leaves them stale.
+        self.write_reports()
+        self._prune(self.recipe.loop.rounds)
         self.store.set_state("status", "done")
         return "done"
 
     def close(self) -> None:
         self.store.close()
+        self._lock.close()
+
+
+def _lock(run_dir: Path):
+    """One process per run folder: a second `run`/`resume` on the same folder is refused, not interleaved."""
+    import fcntl
+
+    fh = open(run_dir / ".lock", "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise UserError(f"{run_dir}: another activelab process is working on this run") from None
+    return fh
 
 
 def _torch_bytes(obj: Any) -> bytes:

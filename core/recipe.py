@@ -32,7 +32,7 @@ class ComponentSpec(BaseModel):
 class LoopSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rounds: int = Field(ge=1, description="query rounds after the initial batch")
-    initial: int = Field(ge=0, description="size of the first, uninformed batch (random items, equal shares)")
+    initial: int = Field(ge=1, description="size of the first, uninformed batch (random items, equal shares)")
     batch: int = Field(ge=1, description="items queried per round")
     keep_checkpoints: int = Field(default=2, ge=1, description="newest checkpoints kept in the run folder")
 
@@ -100,6 +100,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise UserError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise UserError(f"{p}: cannot read recipe: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -7,6 +7,7 @@ recipe can only name components that an installed plugin offers (never an arbitr
 from __future__ import annotations
 
 import difflib
+import warnings
 import importlib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -42,7 +43,8 @@ def plugins() -> dict[str, Plugin]:
         try:
             manifest = ep.load()
         except Exception as exc:  # a broken third-party plugin must not take the others down
-            raise UserError(f"plugin '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
+            warnings.warn(f"plugin '{ep.name}' ({ep.value}) failed to load and is ignored: {exc}", stacklevel=2)
+            continue
         if isinstance(manifest, dict):
             manifest = Manifest(name=manifest.get("name", ep.name), description=manifest.get("description", ""),
                                 components=manifest.get("components", {}))
@@ -84,11 +86,14 @@ def find(kind: str, name: str, plugin: str | None = None) -> tuple[str, str]:
 
 def load(kind: str, name: str, plugin: str | None = None) -> Any:
     """Import and return the component class."""
-    _, target = find(kind, name, plugin)
+    owner, target = find(kind, name, plugin)
     module, _, attr = target.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise UserError(f"{kind} '{name}' of plugin {owner} cannot be imported ({target}): {exc}") from exc
     return obj
 
 

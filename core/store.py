@@ -62,12 +62,13 @@ class LabelStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         try:
-            self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0)
+            # Python's default transaction handling: each `with self.db:` block below is one transaction.
+            self.db = sqlite3.connect(str(self.path), timeout=30.0)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
         except sqlite3.Error as exc:
-            raise UserError(f"{self.path}: cannot open label store: {exc}") from exc
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
+            raise UserError(f"{self.path}: not a usable label store: {exc}") from exc
 
     def close(self) -> None:
         self.db.close()

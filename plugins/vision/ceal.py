@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from activelab.scorers.uncertainty import entropy  # noqa: F401  (nats; shared with the core scorer)
+
 
 def ceal_delta(delta0: float, dr: float, round: int) -> float:
     """The entropy threshold of round ``round``."""
     return delta0 - dr * round
-
-
-def entropy(probs: np.ndarray) -> np.ndarray:
-    """Shannon entropy in nats along the last axis (0 log 0 = 0)."""
-    p = np.asarray(probs, dtype=np.float64)
-    logp = np.log(np.where(p > 0, p, 1.0))
-    return -(p * logp).sum(axis=-1)
 
 
 def high_confidence(ent: np.ndarray, delta: float, max_fraction: float | None = None) -> np.ndarray:

@@ -23,6 +23,7 @@ import gzip
 import importlib.util
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -214,15 +215,19 @@ def load_hf_disk(cfg: DataConfig) -> tuple[ImageSet, ImageSet | None, list[str]]
         if test_name is not None:
             if test_name not in loaded:
                 raise UserError(f"{FIELD}.test_split: '{test_name}' not found; available splits: {', '.join(splits)}")
+            if test_name == cfg.split:
+                raise UserError(f"{FIELD}.test_split: '{test_name}' is also the pool split; evaluating on the pool "
+                                f"would report training accuracy")
             test_ds = loaded[test_name]
     else:
         if cfg.test_split is not None:
             raise UserError(f"{FIELD}.test_split: the dataset at {path} has no splits")
         pool_ds = loaded
-    for column, name in ((cfg.image_column, "image_column"), (cfg.label_column, "label_column")):
-        if column not in pool_ds.column_names:
-            raise UserError(f"{FIELD}.{name}: column '{column}' not in the dataset; available columns: "
-                            f"{', '.join(pool_ds.column_names)}")
+    for ds, which in ((pool_ds, "dataset"), (test_ds, "test split")):
+        for column, name in ((cfg.image_column, "image_column"), (cfg.label_column, "label_column")):
+            if ds is not None and column not in ds.column_names:
+                raise UserError(f"{FIELD}.{name}: column '{column}' not in the {which}; available columns: "
+                                f"{', '.join(ds.column_names)}")
     feature = pool_ds.features[cfg.label_column]
     raw = list(pool_ds[cfg.label_column]) + ([] if test_ds is None else list(test_ds[cfg.label_column]))
     if isinstance(feature, datasets.ClassLabel):
@@ -240,7 +245,11 @@ def load_hf_disk(cfg: DataConfig) -> tuple[ImageSet, ImageSet | None, list[str]]
             raise UserError(f"{FIELD}.label_column: '{cfg.label_column}' has values that are not classes "
                             f"({', '.join(unknown[:5])}); classes: {', '.join(classes)}")
         labels = np.asarray([index[v] for v in values], dtype=np.int64)
-        images = np.stack([pil_to_array(img, cfg.image_size, cfg.channels) for img in ds[cfg.image_column]])
+        try:
+            images = np.stack([pil_to_array(img, cfg.image_size, cfg.channels) for img in ds[cfg.image_column]])
+        except Exception as exc:
+            raise UserError(f"{FIELD}.image_column: '{cfg.image_column}' does not hold images "
+                            f"({type(exc).__name__}: {exc})".splitlines()[0]) from None
         return ImageSet(torch.from_numpy(images), labels, [f"{prefix}{i}" for i in range(len(labels))])
 
     return convert(pool_ds, ""), None if test_ds is None else convert(test_ds, "test/"), classes
@@ -298,7 +307,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise UserError(f"{FIELD}.path: cannot read {path}: {exc}") from None
     if len(raw) < 4 + 4 * ndim or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != ndim:
         raise UserError(f"{FIELD}.path: {path} is not an IDX file of {ndim}-d unsigned bytes (bad magic number)")

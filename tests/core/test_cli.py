@@ -44,6 +44,7 @@ def with_(**changes):
 # (recipe, the field or file the single error line must name, words it must contain)
 MALFORMED = [
     (with_(loop__rounds=0), "loop.rounds", "must be >= 1"),
+    (with_(loop__initial=0), "loop.initial", "must be >= 1"),
     (with_(loop__batch="ten"), "loop.batch", "integer"),
     (with_(rounds=3), "rounds", "unknown key"),
     (with_(task=...), "task", "required"),
@@ -124,6 +125,9 @@ def test_compare_writes_table_and_plot(tmp_path, capsys):
     assert (out / "compare.png").stat().st_size > 1000
     assert sorted(p.name for p in (out / "entropy").iterdir()) == ["seed_0", "seed_1"]
     assert main(["compare", str(path), "--strategies", "bogus", "--out", str(out)]) == 2
+    # the same folders under a changed recipe are refused, not silently mixed into the table
+    assert main(["compare", str(path), "loop.batch=3", "--strategies", "rand", "--seeds", "1", "--out", str(out), "-q"]) == 2
+    assert "made by a different recipe" in capsys.readouterr().err
 
 
 def test_console_script_exit_code_for_user_error(tmp_path):

@@ -105,4 +105,8 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, data):
     assert labels == want[0]
     assert batches == want[1]
     assert strip_times(metrics) == strip_times(want[2])
+    # the report files were rewritten after the last round too
+    jsonl = [yaml.safe_load(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert strip_times(jsonl) == strip_times(want[2])
+    assert (run_dir / "learning_curve.png").exists()
     assert all(labels.get(k) == v for k, v in seen_labels.items())

@@ -101,3 +101,38 @@ def test_recipe_overrides_and_strategies(tmp_path):
     assert recipes.strategy_overrides(resolved, "bald") == {"scorer": {"name": "bald", "params": {}}}
     with pytest.raises(Exception, match="neither defined"):
         recipes.strategy_overrides(resolved, "nonsense")
+
+
+def test_a_second_process_on_the_same_run_is_refused(tmp_path):
+    run_dir = start(tmp_path)
+    first = Runner(run_dir, progress=False)
+    try:
+        with pytest.raises(Exception, match="another activelab process"):
+            Runner(run_dir, progress=False)
+    finally:
+        first.close()
+    Runner(run_dir, progress=False).close()  # free again once the first closed
+
+
+class UndoesOnce:
+    """Labels the first item wrongly, undoes it, then answers everything correctly (a person correcting)."""
+
+    def __init__(self):
+        self.undone = False
+
+    def label(self, task, items, ctx):
+        from activelab.protocol import Undo
+
+        for item in items:
+            if not self.undone and ctx.round == 1:
+                self.undone = True
+                yield Label(item, (task.true_label(item) + 1) % 4, annotator="person")
+                yield Undo(item, annotator="person")
+            yield Label(item, task.true_label(item), annotator="person")
+
+
+def test_undo_in_process_matches_the_uninterrupted_run(tmp_path):
+    reference = finish(start(tmp_path, name="ref"))
+    undone = finish(start(tmp_path, name="undo"), oracle_override=UndoesOnce())
+    assert undone[0] == "done"
+    assert undone[2] == reference[2] and undone[3] == reference[3]
