@@ -325,7 +325,9 @@ def status(run_dir: str | Path) -> dict[str, Any]:
         batch = store.batch(rnd)
         outstanding = 0
         if batch is not None:
-            done = store.labeled_in(batch[0]) | store.skipped(rnd)
+            # an item is answered when labelled, skipped, or (synthesis pools) made as "<generator>@<round>"
+            made = store.labeled_in([*batch[0], *(f"{i}@{rnd}" for i in batch[0])])
+            done = made | {m.rsplit("@", 1)[0] for m in made if m.endswith(f"@{rnd}")} | store.skipped(rnd)
             outstanding = sum(1 for i in batch[0] if i not in done)
         rows = store.metrics()
         return {"status": store.get_state("status", "created"), "round": rnd, "labels": store.count_labels(),

@@ -46,12 +46,7 @@ class LabelPool:
         if answer.item_id not in batch:
             raise UserError(f"the oracle answered for item {answer.item_id!r}, which is not in round {round}'s batch")
         if isinstance(answer, Label):
-            try:
-                value = self.task.check_label(answer.item_id, answer.value)
-            except ValueError as exc:
-                raise UserError(f"label for item {answer.item_id!r} rejected: {exc}") from exc
-            added = self.store.add_label(answer.item_id, value, round, answer.annotator)
-            return "labelled" if added else "same"
+            return self._store(answer, round)
         if isinstance(answer, Skip):
             self.store.skip(round, answer.item_id)
             return "skipped"
@@ -60,6 +55,13 @@ class LabelPool:
             self.store.unskip(round, answer.item_id)
             return "undone" if removed else "nothing to undo"
         raise TypeError(f"unknown answer {answer!r}")
+
+    def _store(self, answer: Label, round: int) -> str:
+        try:
+            value = self.task.check_label(answer.item_id, answer.value)
+        except ValueError as exc:
+            raise UserError(f"label for item {answer.item_id!r} rejected: {exc}") from exc
+        return "labelled" if self.store.add_label(answer.item_id, value, round, answer.annotator) else "same"
 
     def outstanding(self, round: int, batch: list[str]) -> list[str]:
         """Items of the batch that still need an answer (neither labelled nor skipped)."""
@@ -77,21 +79,24 @@ class SynthesisPool(LabelPool):
         return int(sum(int(v.get("count", 1)) for v in self.store.labels().values()))
 
     def apply(self, answer: Answer, round: int, batch: list[str]) -> str:
+        if isinstance(answer, Quit):
+            raise TypeError("Quit is handled by the loop")
+        generator = answer.item_id.rsplit("@", 1)[0]
+        if generator not in batch:
+            raise UserError(f"item {answer.item_id!r} does not come from a generator of round {round}")
         if isinstance(answer, Label):
-            generator = answer.item_id.rsplit("@", 1)[0]
-            if generator not in batch:
-                raise UserError(f"synthesised item {answer.item_id!r} does not come from a generator of round {round}")
-            try:
-                value = self.task.check_label(answer.item_id, answer.value)
-            except ValueError as exc:
-                raise UserError(f"synthesised item {answer.item_id!r} rejected: {exc}") from exc
-            added = self.store.add_label(answer.item_id, value, round, answer.annotator)
-            return "labelled" if added else "same"
-        return super().apply(answer, round, batch)
+            return self._store(answer, round)
+        if isinstance(answer, Skip):
+            self.store.skip(round, generator)
+            return "skipped"
+        removed = self.store.remove_label(answer.item_id, round)
+        self.store.unskip(round, generator)
+        return "undone" if removed else "nothing to undo"
 
     def outstanding(self, round: int, batch: list[str]) -> list[str]:
         made = self.store.labeled_in(f"{g}@{round}" for g in set(batch))
-        return [g for g in batch if f"{g}@{round}" not in made]
+        skipped = self.store.skipped(round)
+        return [g for g in batch if f"{g}@{round}" not in made and g not in skipped]
 
 
 POOLS = {"pool": LabelPool, "synthesis": SynthesisPool}
