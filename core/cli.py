@@ -43,10 +43,49 @@ def _drive(run_dir: Path, quiet: bool, fresh: bool = False) -> int:
     finally:
         runner.close()
     if outcome == "paused":
-        print(f"paused with labels outstanding; continue with: activelab resume {run_dir}", file=sys.stderr)
+        print(_pause_hint(run_dir), file=sys.stderr)
     else:
         print(f"done: {run_dir}/metrics.jsonl, {run_dir}/learning_curve.png", file=sys.stderr)
     return 0
+
+
+def _pause_hint(run_dir: Path) -> str:
+    from .loop import status
+    from .oracles.exchange import AWAITING
+
+    info = status(run_dir)
+    left = f"{info['outstanding']} of {info['batch_size']} items of round {info['round']} outstanding"
+    if info["status"] == AWAITING:
+        return (f"awaiting labels ({left}). Export them with `activelab export {run_dir} --format "
+                f"label-studio|csv|jsonl`, import the answers with `activelab import {run_dir} FILE`, then "
+                f"`activelab resume {run_dir}`")
+    return f"paused ({left}); continue with: activelab resume {run_dir}"
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .exchange import export
+
+    written = export(args.run, args.format, args.out, args.media_url, args.media_root)
+    for path in written:
+        print(path)
+    print(f"wrote the outstanding batch to {written[0]}" + (f" and its labelling config to {written[1]}"
+                                                             if len(written) > 1 else ""), file=sys.stderr)
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from .exchange import import_answers
+
+    r = import_answers(args.run, args.file, args.format)
+    replaced = f" ({r.replaced} replacing earlier answers of this round)" if r.replaced else ""
+    print(f"round {r.round}: stored {r.stored} label(s) and {r.skipped} skip(s){replaced}; {r.unchanged} "
+          f"unchanged, {r.unanswered} not answered in the file; {len(r.problems)} problem(s). "
+          f"Outstanding: {r.outstanding} of {r.batch_size}.")
+    for line in r.problems:
+        print(line, file=sys.stderr)
+    if not r.outstanding:
+        print(f"the batch is labelled; continue with: activelab resume {args.run}", file=sys.stderr)
+    return 2 if r.problems else 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -134,6 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="folder for the runs, table and plot (default runs/compare-<name>)")
     c.add_argument("-q", "--quiet", action="store_true")
     c.set_defaults(func=_cmd_compare)
+
+    ex = sub.add_parser("export", help="write the outstanding batch for people to label in another tool")
+    ex.add_argument("run")
+    ex.add_argument("--format", required=True, choices=["label-studio", "csv", "jsonl"])
+    ex.add_argument("--out", help="file to write (default RUN/exchange/round_<r>.<json|csv|jsonl>); "
+                                  "label-studio also writes the config next to it (.xml)")
+    ex.add_argument("--media-url", help="turn image/audio paths into URLs: this prefix + the path relative to "
+                                        "--media-root (Label Studio local files: '/data/local-files/?d=')")
+    ex.add_argument("--media-root", help="folder the media paths are made relative to (with --media-url)")
+    ex.set_defaults(func=_cmd_export)
+
+    im = sub.add_parser("import", help="store the answers of an exported batch (Label Studio JSON export, CSV, JSONL)")
+    im.add_argument("run")
+    im.add_argument("file")
+    im.add_argument("--format", choices=["label-studio", "csv", "jsonl"], help="default: from the extension")
+    im.set_defaults(func=_cmd_import)
 
     st = sub.add_parser("status", help="where a run stands: round, labels, outstanding batch")
     st.add_argument("run")

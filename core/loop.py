@@ -182,20 +182,29 @@ class Runner:
         self.store.open_batch(round, list(chosen), chosen_scores)
         return list(chosen)
 
+    def model_for_labelling(self, round: int) -> None:
+        """Put the model that chose round ``round``'s batch (round - 1's) in memory, for the suggestions human
+        tools show; round 0 has none. (On a resumed run ``select`` returns the stored batch without loading it.)"""
+        if round > 0:
+            self._ensure_model(round - 1)
+
     def ask(self, round: int, batch: list[str]) -> bool:
         """Ask the oracle until nothing is outstanding (an undone item is asked again) or it stops answering;
-        False if it quit (the run pauses)."""
+        False if it quit (the run pauses, with the Quit's status: "paused", "awaiting labels", ...)."""
         outstanding = self.pool.outstanding(round, batch)
         if outstanding:
             self.store.set_state("status", "awaiting labels")
+            self.model_for_labelling(round)
+        # an oracle that talks to a person on this terminal gets no progress bar drawn over its questions
+        quiet = not self.progress or getattr(self.oracle, "interactive", False)
         while outstanding:
             progressed = False
             bar = tqdm(total=len(outstanding), desc=f"labelling round {round}", unit="item",
-                       disable=not self.progress, leave=False)
+                       disable=quiet, leave=False)
             for answer in self.oracle.label(self.task, outstanding, self.ctx(round)):
                 if isinstance(answer, Quit):
                     bar.close()
-                    self.store.set_state("status", "paused")
+                    self.store.set_state("status", answer.status or "paused")
                     return False
                 outcome = self.pool.apply(answer, round, batch)
                 progressed = progressed or outcome in ("labelled", "skipped", "same")

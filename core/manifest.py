@@ -27,6 +27,8 @@ MANIFEST = Manifest(
         },
         "oracle": {
             "simulated": "activelab.oracles.simulated:SimulatedOracle",
+            "terminal": "activelab.oracles.terminal:TerminalOracle",
+            "exchange": "activelab.oracles.exchange:ExchangeOracle",
         },
     },
 )

@@ -117,9 +117,13 @@ class Undo:
 
 @dataclass(frozen=True)
 class Quit:
-    """Stop labelling now; the run pauses and ``activelab resume`` asks for what is left of the batch."""
+    """Stop labelling now; the run pauses and ``activelab resume`` asks for what is left of the batch.
+
+    ``reason`` is for people; ``status`` becomes the run's status (``"awaiting labels"`` while a file exchange is
+    out, say)."""
 
     reason: str = ""
+    status: str = "paused"
 
 
 Answer = Union[Label, Skip, Undo, Quit]
@@ -140,6 +144,21 @@ class Task(Protocol):
       primary_metric: the metric learning curves and ``activelab compare`` plot by default.
       query_type: ``"pool"`` (labelled items leave the pool) or ``"synthesis"`` (the candidates are generators
         that are never used up, e.g. corruption levels; answers create new items).
+
+    Optional hooks for people labelling (the terminal oracle, Label Studio, CSV/JSON lines); human tools fall
+    back gracefully when a task has none (see :mod:`activelab.labelling`):
+
+      ``suggest(ids) -> list``: the current model's predicted label per item, in the canonical form
+        ``check_label`` returns (``None`` where it has none). Shown as the suggestion a person accepts with Enter
+        and sent to Label Studio as pre-annotations. While an oracle labels round r's batch the task holds the
+        model that chose it (round r-1's); round 0 has no trained model, and tools ask for no suggestion.
+      ``label_schema() -> dict``: the kind of label a person gives. ``{"type": "choices", "choices": [names]}``
+        (a label is an index into ``choices`` or the name itself); ``{"type": "rectangles", "classes":
+        [names]}`` (a label is a list of ``{"label": name, "box": [x0, y0, x1, y1]}`` in pixels of the image
+        that ``describe`` names, and ``describe`` gives its ``width`` and ``height``); ``{"type": "text"}``
+        (a label is a string). Without it a tool accepts free text and leaves the checking to ``check_label``.
+      ``parse_label(text) -> value``: what a person typed as a label value (``check_label`` then checks it).
+        Default: the text itself for a ``text`` schema, else the text read as JSON if it is JSON, else the text.
     """
 
     outputs: Collection[str]
@@ -221,6 +240,8 @@ class Oracle(Protocol):
 
     ``label`` is a generator: the loop commits each answer to the label store before it asks for the next
     one, so nothing a person typed is lost if the process dies. It may answer only part of the batch.
+    An oracle that talks to a person on this terminal sets the optional attribute ``interactive = True`` (the
+    loop then draws no progress bar over its questions).
     """
 
     def label(self, task: Task, items: Sequence[ItemId], ctx: Context) -> Iterator[Answer]:

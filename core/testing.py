@@ -178,6 +178,13 @@ class ToyTask:
             raise ValueError(f"label must be a class number 0..{self.config.n_classes - 1}, got {value}")
         return int(value)
 
+    def label_schema(self) -> dict[str, Any]:
+        return {"type": "choices", "choices": [str(c) for c in range(self.config.n_classes)]}
+
+    def suggest(self, ids: Sequence[ItemId]) -> list[int]:
+        """The model's most probable class per item."""
+        return [int(c) for chunk in self.predict(ids, {PROBS}) for c in chunk[PROBS].argmax(1)]
+
     def corrupt_label(self, value: Any, rng: np.random.Generator) -> int:
         """A wrong class, uniformly among the others."""
         c = self.config.n_classes
@@ -528,3 +535,21 @@ class TaskConformance:
     def test_describe(self):
         task = self.make_task()
         assert isinstance(task.describe(list(task.pool_ids())[0]), Mapping)
+
+    def test_optional_labelling_hooks(self):
+        """``suggest`` gives one valid canonical label (or None) per item; ``label_schema`` is a known kind."""
+        task = self.fitted()
+        ids = self.some_ids(task)[:10]
+        if hasattr(task, "suggest"):
+            hints = list(task.suggest(ids))
+            assert len(hints) == len(ids)
+            for item, hint in zip(ids, hints):
+                if hint is not None:
+                    assert task.check_label(item, hint) == hint
+                    json.dumps(hint)
+        if hasattr(task, "label_schema"):
+            kind = task.label_schema()
+            assert kind.get("type") in ("choices", "rectangles", "text"), kind
+            if kind["type"] != "text":
+                names = kind.get("choices" if kind["type"] == "choices" else "classes")
+                assert names and all(isinstance(n, str) for n in names), kind

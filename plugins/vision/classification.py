@@ -312,6 +312,13 @@ class ClassificationTask:
             raise ValueError(f"unknown item {item_id!r} (not in the pool)")
         return self._canonical(value)
 
+    def label_schema(self) -> dict[str, Any]:
+        return {"type": "choices", "choices": list(self.classes)}
+
+    def suggest(self, ids: Sequence[ItemId]) -> list[int]:
+        """The model's most probable class (index) per item: the suggestion people accept or correct."""
+        return [int(c) for out in self.predict(ids, {PROBS}) for c in out[PROBS].argmax(axis=1)]
+
     def corrupt_label(self, value: Any, rng: np.random.Generator) -> int:
         """A uniformly random class other than ``value``."""
         true = self._canonical(value)
