@@ -34,6 +34,22 @@ CEAL = {
 }
 
 
+# On-demand restoration (query synthesis): the network and its Adam state carry across rounds, each round's
+# allocation comes from the previous model's validation PSNR, and samples are regenerated from stored seeds.
+RESTORE = {
+    "name": "restore-kill",
+    "seed": 3,
+    "task": {"plugin": "vision", "name": "restoration",
+             "params": {"task": "denoise", "crop_size": 16, "width": 8, "n_val": 4, "n_test": 6, "examples": 2,
+                        "batch_size": 25, "lr": 0.001, "ema": 0.9,
+                        "data": {"kind": "skimage", "names": ["camera", "coins", "moon", "astronaut"], "scale": 0.25}}},
+    "scorer": {"name": "inverse_psnr"},
+    "selector": {"name": "proportional"},
+    "oracle": {"name": "corruptor", "params": {"delay_s": 0.15}},
+    "loop": {"rounds": 5, "initial": 150, "batch": 150, "keep_checkpoints": 1},
+}
+
+
 def cli(*args, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "activelab.cli", *args], env=env,
@@ -60,7 +76,7 @@ def strip_times(rows):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("data", [TOY, CEAL], ids=["toy", "ceal-digits"])
+@pytest.mark.parametrize("data", [TOY, CEAL, RESTORE], ids=["toy", "ceal-digits", "restoration"])
 def test_sigkill_at_random_moments_then_resume(tmp_path, data):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(data))
