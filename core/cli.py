@@ -38,6 +38,7 @@ def _drive(run_dir: Path, quiet: bool, fresh: bool = False) -> int:
     try:
         outcome = runner.run()
     except KeyboardInterrupt:
+        runner.store.set_state("status", "paused")
         print(f"interrupted; every label given so far is saved. Continue with: activelab resume {run_dir}", file=sys.stderr)
         return 130
     finally:

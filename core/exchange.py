@@ -70,6 +70,9 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, media_u
                     for k, v in labelling.describe(task, item, kind).items()}
             rows.append((item, info, hint, scores.get(item)))
         path = Path(out) if out else run_dir / "exchange" / f"round_{round}{SUFFIX[fmt]}"
+        if fmt == "label-studio" and path.suffix.lower() == ".xml":
+            raise UserError(f"--out {path}: the tasks file must not end in .xml (the labelling config is written "
+                            f"beside it as {path.stem}.xml)")
         path.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "label-studio":
             version = f"{run_dir.name} round {round - 1}" if round > 0 else "untrained"
@@ -81,7 +84,8 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, media_u
             config = path.with_suffix(".xml")
             config.write_text(labelstudio.config_xml(kind, rows[0][1]), encoding="utf-8")
             return [path, config]
-        records = [{"item_id": item, **info, "suggestion": hint, "score": score, "label": None, "skip": False}
+        records = [{"item_id": item, **info, "score": score, "label": None, "skip": False,
+                    "suggestion": hint if kind.get("type") != "choices" else labelling.choice_name(hint, kind)}
                    for item, info, hint, score in rows]
         if fmt == "jsonl":
             path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
@@ -96,6 +100,8 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, media_u
                 writer.writerow({c: "" if c == "skip" else labelling.text_cell(r.get(c)) for c in columns})
             path.write_text(buffer.getvalue(), encoding="utf-8")
         return [path]
+    except OSError as exc:
+        raise UserError(f"--out {exc.filename or out}: cannot write: {exc.strerror or exc}") from exc
     finally:
         runner.close()
 
@@ -142,6 +148,7 @@ class Entry:
     answer: str                   # "label", "skip" or "none" (not answered)
     raw: Any = None               # Label Studio result regions, a CSV cell, a JSON value
     annotator: str = ""
+    round: int | None = None      # the round whose batch the answer was exported from, when the file says
 
 
 @dataclass
@@ -170,7 +177,9 @@ def read_label_studio(text: str) -> list[Entry]:
             answer, result, who = labelstudio.pick_annotation(entry)
         except ValueError as exc:
             raise UserError(f"{where}: {exc}") from None
-        out.append(Entry(where, _id(entry["data"].get("item_id")), answer, result, who))
+        exported = entry["data"].get("round")
+        out.append(Entry(where, _id(entry["data"].get("item_id")), answer, result, who,
+                         exported if isinstance(exported, int) else None))
     return out
 
 
@@ -290,6 +299,9 @@ def _store(runner: Runner, entries: list[Entry], fmt: str, name: str) -> Report:
     for e, value in checked:
         item = e.item
         if e.answer == "skip":
+            if e.round is not None and e.round != round:
+                report.unchanged += 1        # a skip in an earlier round's task says nothing about this batch
+                continue
             fresh = item in in_batch and item not in given and labelled.get(item, (None, round))[1] == round
             if not fresh or (item in store.skipped(round) and item not in labelled):
                 report.unchanged += 1        # a skip changes nothing outside its batch, or where a label is given
@@ -332,7 +344,9 @@ def _store(runner: Runner, entries: list[Entry], fmt: str, name: str) -> Report:
 
 def _value(task: Any, e: Entry, fmt: str, kind: dict[str, Any]) -> Any:
     if fmt == "label-studio":
-        return labelstudio.from_result(e.raw, kind, _size(task, e.item, kind))
+        value = labelstudio.from_result(e.raw, kind, _size(task, e.item, kind))
+        # free text goes through the task's parser, as typed text does (choices and boxes are structured)
+        return labelling.parse(task, value, kind) if isinstance(value, str) and kind.get("type") != "choices" else value
     if fmt == "csv":
         return labelling.parse(task, e.raw, kind)
     if kind.get("type") == "text" and isinstance(e.raw, str) and not e.raw.strip():

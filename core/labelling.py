@@ -41,6 +41,8 @@ def parse(task: Task, text: str, kind: dict[str, Any]) -> Any:
         return hook(text)
     if kind.get("type") == "text":
         return text
+    if kind.get("type") == "choices" and text.strip() in (kind.get("choices") or []):
+        return text.strip()  # a class named "1" is the name "1", not index 1
     try:
         return json.loads(text)
     except ValueError:

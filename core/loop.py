@@ -193,7 +193,9 @@ class Runner:
         False if it quit (the run pauses, with the Quit's status: "paused", "awaiting labels", ...)."""
         outstanding = self.pool.outstanding(round, batch)
         if outstanding:
-            self.store.set_state("status", "awaiting labels")
+            # "awaiting labels" only where a person is asked; a simulation or a generator is just "labelling"
+            asks_people = getattr(self.oracle, "interactive", False)
+            self.store.set_state("status", "awaiting labels" if asks_people else "labelling")
             self.model_for_labelling(round)
         # an oracle that talks to a person on this terminal gets no progress bar drawn over its questions
         quiet = not self.progress or getattr(self.oracle, "interactive", False)

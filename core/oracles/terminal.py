@@ -105,8 +105,8 @@ class TerminalOracle:
                 if not text and hint is None:
                     self._say(out, "no suggestion for this item: type a label (? for help)")
                     continue
-                value = hint if not text else labelling.parse(task, text, kind)
                 try:
+                    value = hint if not text else labelling.parse(task, text, kind)
                     value = task.check_label(item, value)
                 except ValueError as exc:
                     self._say(out, f"refused: {exc}")

@@ -149,8 +149,10 @@ def corrupt(task: str, clean: torch.Tensor, levels: Sequence[int] | int, rng: np
         elif task == "deblur":
             batch = blur(batch, p)
         else:
-            u = rng.random(size=(len(idx), 1, h, w))
-            mask = torch.from_numpy(u < p.reshape(-1, 1, 1, 1))
+            # exactly round(p * H * W) pixels per image: the ones with the smallest of H * W uniform draws
+            u = rng.random(size=(len(idx), h * w))
+            ranks = u.argsort(axis=1).argsort(axis=1)
+            mask = torch.from_numpy((ranks < np.round(p * h * w).reshape(-1, 1)).reshape(-1, 1, h, w))
             batch = torch.where(mask, colour.reshape(1, c, 1, 1), batch)
         out[sel] = batch
     return out, params

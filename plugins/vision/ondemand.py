@@ -115,7 +115,7 @@ class Schedule:
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
         mode: Literal["joint", "fixated", "staged", "cumulative"] = "joint"
-        level: int | None = Field(None, ge=1, description="fixated: the one level trained on (1 = easiest)")
+        level: int | None = Field(None, ge=1, le=5, description="fixated: the one level trained on (1 = easiest)")
         stage_rounds: int = Field(1, ge=1, description="staged / cumulative: rounds spent on each stage")
 
         @model_validator(mode="after")

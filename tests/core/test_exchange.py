@@ -309,3 +309,29 @@ def test_a_label_wins_over_a_skip_and_stale_skips_change_nothing(run, tmp_path, 
     db.close()
     assert main(["import", str(run), str(path)]) == 0
     assert "stored 0 label(s) and 0 skip(s); 4 unchanged" in capsys.readouterr().out
+
+
+def test_a_skip_from_an_earlier_rounds_task_leaves_this_rounds_label_alone(run, tmp_path, capsys):
+    """One Label Studio project can hold every round: a round-0 skip of an item asked again in round 1 must
+    neither skip it nor undo its round-1 label."""
+    export(run, "label-studio", tmp_path / "t.json")
+    tasks = json.loads((tmp_path / "t.json").read_text())
+    item = tasks[0]["data"]["item_id"]
+    # the same item as a task of an earlier round (round -1 stands for "not this batch's round"), skipped there
+    stale = {**tasks[0], "data": {**tasks[0]["data"], "round": -1}}
+    answered = ls_export(tasks)
+    skipped = ls_export([stale], answer=lambda i: "SKIP")
+    skipped[0]["id"] = 99
+    (tmp_path / "answered.json").write_text(json.dumps(answered))
+    assert main(["import", str(run), str(tmp_path / "answered.json")]) == 0
+    (tmp_path / "stale.json").write_text(json.dumps(skipped))     # a later export holding only the old task
+    assert main(["import", str(run), str(tmp_path / "stale.json")]) == 0
+    assert labels(run)[item][0] == TRUTH.true_label(item)
+    db = sqlite3.connect(run / "labels.sqlite")
+    assert db.execute("SELECT item_id FROM skips").fetchall() == []
+    db.close()
+
+
+def test_label_studio_export_refuses_an_xml_tasks_file(run, tmp_path, capsys):
+    assert main(["export", str(run), "--format", "label-studio", "--out", str(tmp_path / "tasks.xml")]) == 2
+    assert "must not end in .xml" in capsys.readouterr().err

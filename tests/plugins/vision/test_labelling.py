@@ -47,3 +47,12 @@ def test_label_studio_export_of_a_classification_batch(tmp_path):
     config = ET.fromstring(out.with_suffix(".xml").read_text())
     assert config.find("Image").get("value") == "$image"
     assert len(config.find("Choices")) == 10
+
+
+def test_a_class_named_like_a_number_is_read_as_that_name():
+    from activelab import labelling
+
+    kind = {"type": "choices", "choices": ["1", "10", "2"]}
+    assert labelling.parse(object(), "1", kind) == "1"       # the class "1" (index 0), not index 1 ("10")
+    assert labelling.parse(object(), "2", kind) == "2"
+    assert labelling.parse(object(), "0", kind) == 0         # not a name: read as an index
