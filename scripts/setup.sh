@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dataset-fashion-mnist trans-de-en)
+# Fashion-MNIST and the de-en corpus (data); espeak-ng + sox generate the speech demo; pocketsphinx-testdata has
+# real recordings for the speech smoke test.
+APT_PACKAGES=(dataset-fashion-mnist trans-de-en espeak-ng sox pocketsphinx-testdata)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

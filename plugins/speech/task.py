@@ -1,0 +1,360 @@
+"""Speech recognition with loss-prediction active learning (Luo et al., IJCNN 2021, after Yoo & Kweon, CVPR 2019):
+the task the speech plugin offers as ``recognition``.
+
+The model: log-mel features (computed once per utterance and cached), convolutional subsampling, a Conformer
+(torchaudio's blocks) or BiLSTM encoder, a CTC output layer over a character vocabulary built from the labelled
+transcripts (index 0 is the CTC blank), and the loss-prediction module on pooled features of the subsampled input
+and of every encoder layer. Each round :meth:`RecognitionTask.fit` continues from the previous round's weights
+(``fine_tune``; characters met for the first time get new output rows) or, with ``fine_tune: false``, rebuilds
+the model from scratch (seeded by seed and round); either way with a fresh Adam optimiser and a one-cycle
+learning-rate schedule. Training minimises
+
+    mean_i CTC_i / |y_i|  +  weight * (rank(lhat_raw, CTC) + rank(lhat_per_second, CTC / seconds))
+
+where ``rank`` is the learning-loss pair ranking loss (margin xi = 1, targets detached; ``model.ranking_loss``)
+and CTC_i the utterance's loss ``-log p(y_i|x_i)``. After ``detach_after`` of the steps (the card: epoch 120 of
+200) the module's gradient stops at the encoder. The two heads are one deviation from the card, which predicts
+one loss: a ranking-trained prediction has no fixed offset, so "normalised by length" must be learnt, not
+divided out afterwards (see ``LossPredictionModule``).
+
+Predictions (per utterance, in chunks): the two predicted losses, the CTC posteriors' least confidence and entropy
+(both length-normalised), and the duration. :meth:`evaluate` decodes the test split greedily (WER and CER with
+jiwer) and reports the Spearman correlation between predicted and true loss over the unlabelled pool (raw and per
+second): the module's ranking quality in every round.
+"""
+from __future__ import annotations
+
+import math
+import time
+import unicodedata
+from functools import lru_cache
+from typing import Any, Collection, Iterator, Literal, Mapping, Sequence
+
+import jiwer
+import numpy as np
+import torch
+import torchaudio
+from pydantic import BaseModel, ConfigDict, Field
+from scipy.stats import spearmanr
+from tqdm.auto import tqdm
+
+from activelab.errors import UserError
+from activelab.protocol import MC, Context, Env, ItemId, rng_for
+
+from .data import SpeechDataConfig, Utterance, load_speech_data, normalise_transcript, read_audio
+from .model import CTCModel, LogMel, ctc_losses, greedy_decode, posterior_statistics, ranking_loss
+
+PREDICTED_LOSS = "predicted_loss"                  # (B,) the module's raw-loss head
+PREDICTED_LOSS_NORM = "predicted_loss_per_second"  # (B,) its per-second head
+CTC_LEAST_CONFIDENCE = "ctc_least_confidence"      # (B,) 1 - geometric-mean best-path frame confidence
+CTC_ENTROPY = "ctc_entropy"                        # (B,) mean frame entropy
+DURATION = "duration_s"                            # (B,) seconds of audio
+
+
+class LossPredictionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    hidden: int = Field(128, ge=1)             # FC width per tapped depth (card: 128)
+    weight: float = Field(1.0, ge=0)           # lambda (card: 1)
+    margin: float = Field(1.0, ge=0)           # xi (card: 1)
+    detach_after: float | None = Field(0.6, ge=0, le=1)   # fraction of steps; card: epoch 120 of 200; None = never
+
+
+class RecognitionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: SpeechDataConfig = Field(default_factory=SpeechDataConfig)
+    n_mels: int = Field(40, ge=8)
+    encoder: Literal["bilstm", "conformer"] = "conformer"   # a BiLSTM learnt CTC far more slowly here (README)
+    dim: int = Field(96, ge=8)
+    layers: int = Field(2, ge=1)
+    subsample: Literal[1, 2, 4] = 4           # 40 ms frames
+    dropout: float = Field(0.1, ge=0, lt=1)
+    spec_augment: bool = True                  # SpecAugment during training: 2 frequency and 2 time masks
+    fine_tune: bool = True                     # continue from the previous round's weights; false = from scratch
+    epochs: int = Field(30, ge=1)              # passes over the labelled set per fit
+    min_steps: int = Field(300, ge=0)          # at least this many optimiser steps per fit (small labelled sets)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(16, ge=2)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(5.0, gt=0)
+    loss_prediction: LossPredictionConfig = Field(default_factory=LossPredictionConfig)
+    eval_batch_size: int = Field(32, ge=1)
+    spearman_items: int = Field(1000, ge=0)    # unlabelled pool items in the per-round correlation (0 = off)
+    feature_cache: int = Field(20000, ge=0)    # utterances whose log-mel features are kept in memory
+
+
+_FREQ_MASK = torchaudio.transforms.FrequencyMasking(freq_mask_param=8, iid_masks=True)
+_TIME_MASK = torchaudio.transforms.TimeMasking(time_mask_param=15, iid_masks=True)
+
+
+def spec_augment(feats: torch.Tensor) -> torch.Tensor:
+    """SpecAugment (Park et al. 2019) without time warping: two masks of up to 8 mel bins and two of up to 15
+    frames (150 ms) per utterance, drawn from torch's (forked, seeded) generator. (B, T, n_mels) in and out."""
+    x = feats.transpose(1, 2)[:, None]          # (B, 1, n_mels, T): the layout the masks expect
+    for mask in (_FREQ_MASK, _FREQ_MASK, _TIME_MASK, _TIME_MASK):
+        x = mask(x)
+    return x[:, 0].transpose(1, 2)
+
+
+def _seed(*stream: int | str) -> int:
+    return int(rng_for(*stream).integers(2**62))
+
+
+class RecognitionTask:
+    """Character CTC speech recognition on an audio manifest, a Hugging Face dataset on disk, an audiofolder or
+    Debian's pocketsphinx recordings; labels are transcripts."""
+
+    Config = RecognitionConfig
+    outputs = frozenset({PREDICTED_LOSS, PREDICTED_LOSS_NORM, CTC_LEAST_CONFIDENCE, CTC_ENTROPY, DURATION})
+    primary_metric = "wer"
+    query_type = "pool"
+
+    def __init__(self, config: RecognitionConfig, env: Env):
+        self.cfg = config
+        self.env = env
+        self.device = torch.device(env.device)
+        data = load_speech_data(config.data, env.seed)
+        self.sample_rate = data.sample_rate
+        self.pool, self.test = data.pool, data.test
+        self._index = {u.id: i for i, u in enumerate(self.pool)}
+        self.logmel = LogMel(self.sample_rate, config.n_mels)
+        self._features = lru_cache(maxsize=config.feature_cache)(self._compute_features)
+        self.vocab: list[str] = []
+        self.model: CTCModel | None = None
+        self.labelled: list[ItemId] = []
+
+    # ------------------------------------------------------------------------------------------ data
+    def _compute_features(self, path: str) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.logmel(read_audio(path, self.sample_rate, self.cfg.data.resample)).clone()
+
+    def _utterance(self, item_id: ItemId) -> Utterance:
+        try:
+            return self.pool[self._index[item_id]]
+        except KeyError:
+            raise KeyError(f"unknown item {item_id!r} (not in the pool)") from None
+
+    def _batch(self, utts: Sequence[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded features (B, T, n_mels) and frame counts (B,) (100 frames per second)."""
+        feats = [self._features(str(u.path)) for u in utts]
+        return (torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(self.device),
+                torch.tensor([len(f) for f in feats]).to(self.device))
+
+    def _targets(self, transcripts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concatenated target ids and lengths; characters outside the vocabulary are dropped."""
+        index = {c: i + 1 for i, c in enumerate(self.vocab)}
+        ids = [[index[c] for c in t if c in index] for t in transcripts]
+        flat = torch.tensor([i for row in ids for i in row], dtype=torch.long)
+        return flat.to(self.device), torch.tensor([len(r) for r in ids], dtype=torch.long).to(self.device)
+
+    def _text(self, tokens: list[int]) -> str:
+        return "".join(self.vocab[t - 1] for t in tokens)
+
+    # ------------------------------------------------------------------------------------------ protocol
+    def pool_ids(self) -> Sequence[ItemId]:
+        return [u.id for u in self.pool]
+
+    def _new_model(self, vocab_size: int, seed: int) -> CTCModel:
+        lp = self.cfg.loss_prediction
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = CTCModel(vocab_size, self.cfg.n_mels, self.cfg.dim, self.cfg.layers,
+                             self.cfg.encoder, self.cfg.subsample, self.cfg.dropout,
+                             lp.hidden if lp.enabled else None)
+        return model.to(self.device)
+
+    def fit(self, labels: Mapping[ItemId, Any], ctx: Context) -> Mapping[str, float]:
+        if not labels:
+            raise ValueError("fit needs at least one label")
+        ids = sorted(labels)
+        transcripts = [self.check_label(i, labels[i]) for i in ids]
+        utts = [self._utterance(i) for i in ids]
+        chars = {c for t in transcripts for c in t}
+        if self.model is not None and self.cfg.fine_tune:
+            self.vocab += sorted(chars - set(self.vocab))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_seed(ctx.seed, ctx.round, "speech-grow"))
+                self.model.grow_vocabulary(len(self.vocab))
+        else:
+            self.vocab = sorted(chars)
+            self.model = self._new_model(len(self.vocab), _seed(ctx.seed, ctx.round, "speech-init"))
+        self.labelled = ids
+        started = time.perf_counter()
+        stats = self._train(utts, transcripts, _seed(ctx.seed, ctx.round, "speech-fit"),
+                            progress=self.env.progress and ctx.progress, desc=f"fit round {ctx.round}")
+        stats.update(n_train=len(ids), vocab=len(self.vocab), train_seconds=time.perf_counter() - started)
+        return stats
+
+    def _train(self, utts: list[Utterance], transcripts: list[str], seed: int, progress: bool,
+               desc: str) -> dict[str, float]:
+        cfg, lp = self.cfg, self.cfg.loss_prediction
+        model = self.model
+        n, bs = len(utts), min(self.cfg.batch_size, len(utts))
+        per_epoch = max(1, n // bs)
+        steps = max(cfg.epochs * per_epoch, cfg.min_steps)
+        if cfg.max_steps is not None:
+            steps = min(steps, cfg.max_steps)
+        detach_from = math.inf if lp.detach_after is None else lp.detach_after * steps
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
+        shuffle = torch.Generator().manual_seed(seed)
+        seconds = torch.tensor([0.0])
+        sums = {"train_ctc": 0.0, "train_rank": 0.0}
+        counted = 0
+        model.train()
+        order: list[int] = []
+        with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for step in tqdm(range(steps), desc=desc, unit="step", disable=not progress, leave=False):
+                if len(order) < bs:
+                    order += torch.randperm(n, generator=shuffle).tolist()
+                batch, order = order[:bs], order[bs:]
+                feats, frames = self._batch([utts[i] for i in batch])
+                targets, target_lengths = self._targets([transcripts[i] for i in batch])
+                if cfg.spec_augment:
+                    feats = spec_augment(feats)
+                out = model(feats, frames, detach_taps=step >= detach_from)
+                losses = ctc_losses(out, targets, target_lengths)
+                ctc = (losses / target_lengths.clamp_min(1)).mean()
+                loss = ctc
+                rank = torch.zeros(())
+                if model.loss_module is not None:
+                    seconds = frames.to(losses.dtype) / 100.0
+                    rank = (ranking_loss(out.predicted[:, 0], losses, lp.margin)
+                            + ranking_loss(out.predicted[:, 1], losses / seconds, lp.margin))
+                    loss = loss + lp.weight * rank
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                schedule.step()
+                if step >= steps - per_epoch:       # the last epoch's mean
+                    sums["train_ctc"] += float(ctc.detach())
+                    sums["train_rank"] += float(rank.detach())
+                    counted += 1
+        model.eval()
+        return {k: v / max(counted, 1) for k, v in sums.items()}
+
+    def _forward_chunks(self, utts: Sequence[Utterance]):
+        if self.model is None:
+            raise RuntimeError("the speech model has not been fitted yet")
+        self.model.eval()
+        bs = self.cfg.eval_batch_size
+        for start in range(0, len(utts), bs):
+            chunk = utts[start:start + bs]
+            feats, frames = self._batch(chunk)
+            with torch.inference_mode():
+                yield chunk, frames, self.model(feats, frames)
+
+    def predict(self, ids: Sequence[ItemId], want: Collection[str], mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
+        if mc is not None:
+            raise ValueError("the speech task has no Monte-Carlo predictions (mc must be None)")
+        utts = [self._utterance(i) for i in ids]
+        return self._predict(utts, set(want))
+
+    def _predict(self, utts: Sequence[Utterance], want: set[str]) -> Iterator[dict[str, np.ndarray]]:
+        for _, frames, out in self._forward_chunks(utts):
+            lc, ent = posterior_statistics(out)
+            values = {PREDICTED_LOSS: out.predicted[:, 0], PREDICTED_LOSS_NORM: out.predicted[:, 1],
+                      CTC_LEAST_CONFIDENCE: lc, CTC_ENTROPY: ent,
+                      DURATION: frames.to(torch.float32) / 100.0}
+            yield {k: values[k].float().cpu().numpy() for k in want if k in values}
+
+    def transcribe(self, utts: Sequence[Utterance]) -> list[str]:
+        return [self._text(tokens) for _, _, out in self._forward_chunks(utts) for tokens in greedy_decode(out)]
+
+    def evaluate(self) -> Mapping[str, float]:
+        hypotheses = self.transcribe(self.test)
+        references = [u.transcript for u in self.test]
+        metrics = {"wer": float(jiwer.wer(references, hypotheses)), "cer": float(jiwer.cer(references, hypotheses))}
+        if self.model is not None and self.model.loss_module is not None and self.cfg.spearman_items:
+            metrics.update(self.loss_correlation())
+        return metrics
+
+    def loss_correlation(self) -> dict[str, float]:
+        """Spearman correlation between predicted and true loss over (a seeded subset of) the unlabelled pool:
+        raw head vs CTC loss, per-second head vs CTC loss per second."""
+        labelled = set(self.labelled)
+        rest = [u for u in self.pool if u.id not in labelled]
+        if len(rest) > self.cfg.spearman_items:
+            pick = rng_for(self.env.seed, "speech-spearman").permutation(len(rest))[: self.cfg.spearman_items]
+            rest = [rest[i] for i in sorted(pick)]
+        if len(rest) < 3:
+            return {}
+        true, pred, true_norm, pred_norm = [], [], [], []
+        for chunk, frames, out in self._forward_chunks(rest):
+            targets, target_lengths = self._targets([u.transcript for u in chunk])
+            losses = ctc_losses(out, targets, target_lengths).float().cpu()
+            seconds = frames.float().cpu() / 100.0
+            true += losses.tolist()
+            true_norm += (losses / seconds).tolist()
+            pred += out.predicted[:, 0].float().cpu().tolist()
+            pred_norm += out.predicted[:, 1].float().cpu().tolist()
+        return {"spearman_raw": float(spearmanr(pred, true).statistic),
+                "spearman_norm": float(spearmanr(pred_norm, true_norm).statistic)}
+
+    # ------------------------------------------------------------------------------------------ labels
+    def true_label(self, item_id: ItemId) -> str:
+        return self._utterance(item_id).transcript
+
+    def check_label(self, item_id: ItemId, value: Any) -> str:
+        if item_id not in self._index:
+            raise ValueError(f"unknown item {item_id!r} (not in the pool)")
+        if not isinstance(value, str):
+            raise ValueError(f"invalid transcript {value!r}: a transcript is text")
+        if any(unicodedata.category(c) == "Cc" and c not in "\t\n\r" for c in value):
+            raise ValueError(f"invalid transcript {value!r}: it contains control characters")
+        text = normalise_transcript(value)
+        if not text:
+            raise ValueError("empty transcript: type what is said")
+        return text
+
+    def label_schema(self) -> dict[str, Any]:
+        return {"type": "text"}
+
+    def suggest(self, ids: Sequence[ItemId]) -> list[str | None]:
+        """The current model's greedy transcript per utterance (None before the first fit)."""
+        if self.model is None:
+            return [None] * len(ids)
+        return [t or None for t in self.transcribe([self._utterance(i) for i in ids])]
+
+    def corrupt_label(self, value: Any, rng: np.random.Generator) -> str:
+        """A transcriber's slip: one word replaced by another word of the pool's transcripts (or dropped)."""
+        words = normalise_transcript(str(value)).split() or [""]
+        vocabulary = sorted({w for u in self.pool for w in u.transcript.split()} - set(words))
+        position = int(rng.integers(len(words)))
+        if vocabulary:
+            words[position] = vocabulary[int(rng.integers(len(vocabulary)))]
+        elif len(words) > 1:
+            del words[position]
+        return " ".join(words)
+
+    def describe(self, item_id: ItemId) -> Mapping[str, Any]:
+        utt = self._utterance(item_id)
+        info: dict[str, Any] = {"audio": str(utt.path)}
+        if utt.speaker:
+            info["speaker"] = utt.speaker
+        return info
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": None if self.model is None else {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "vocab": list(self.vocab),
+            "labelled": list(self.labelled),
+            "pool_size": len(self.pool),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state["pool_size"] != len(self.pool):
+            raise UserError("checkpoint does not match the task's data (pool size differs)")
+        self.vocab = list(state["vocab"])
+        self.labelled = list(state["labelled"])
+        self.model = None
+        if state["model"] is not None:
+            self.model = self._new_model(len(self.vocab), 0)
+            self.model.load_state_dict(state["model"])
+            self.model.eval()
