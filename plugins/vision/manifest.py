@@ -3,14 +3,18 @@ from activelab.registry import Manifest
 
 MANIFEST = Manifest(
     name="vision",
-    description="image classification with CEAL pseudo-labelling; image restoration with on-demand learning",
+    description="image classification with CEAL pseudo-labelling; object detection with MI-AOD; image restoration "
+                "with on-demand learning",
     components={
         "task": {
             "classification": "activelab.plugins.vision.classification:ClassificationTask",
             "restoration": "activelab.plugins.vision.restoration:RestorationTask",
+            "detection": "activelab.plugins.vision.detection.task:DetectionTask",
         },
         "scorer": {
             "inverse_psnr": "activelab.plugins.vision.ondemand:InversePSNR",
+            "miaod": "activelab.plugins.vision.detection.scorers:MIAODUncertainty",
+            "anchor_entropy": "activelab.plugins.vision.detection.scorers:AnchorEntropy",
         },
         "selector": {
             "schedule": "activelab.plugins.vision.ondemand:Schedule",
