@@ -25,22 +25,6 @@ class _NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class PredictedLoss:
-    """The loss-prediction module's estimate (per second of audio by default)."""
-
-    class Config(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        normalise: bool = True
-
-    def __init__(self, config: BaseModel | None = None, env: Env | None = None):
-        self.config = config or self.Config()
-        self.output = PREDICTED_LOSS_NORM if self.config.normalise else PREDICTED_LOSS
-        self.needs: Collection[str] = frozenset({self.output})
-
-    def score(self, task: Task, candidates: Sequence[ItemId], ctx: Context) -> Iterator[np.ndarray]:
-        return score_chunks(task, candidates, self.needs, lambda out: out[self.output])
-
-
 class _Output:
     """A scorer that reads one per-utterance output of the task."""
 
@@ -53,6 +37,19 @@ class _Output:
 
     def score(self, task: Task, candidates: Sequence[ItemId], ctx: Context) -> Iterator[np.ndarray]:
         return score_chunks(task, candidates, self.needs, lambda out: out[self.output])
+
+
+class PredictedLoss(_Output):
+    """The loss-prediction module's estimate (per second of audio by default)."""
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        normalise: bool = True
+
+    def __init__(self, config: BaseModel | None = None, env: Env | None = None):
+        config = config or self.Config()
+        self.output = PREDICTED_LOSS_NORM if config.normalise else PREDICTED_LOSS
+        super().__init__(config, env)
 
 
 class CTCLeastConfidence(_Output):

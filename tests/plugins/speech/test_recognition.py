@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +219,34 @@ def test_a_malformed_manifest_exits_2_naming_the_file_and_line(commands, tmp_pat
     assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run"), "-q"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and f"{manifest}:3" in err[0] and "text" in err[0], err
+
+
+def test_transcripts_round_trip_through_a_jsonl_exchange(commands, tmp_path, capsys):
+    """A run with the exchange oracle pauses awaiting labels; the export names each clip; imported transcripts
+    (an empty one refused, naming the item) land in the store and the run resumes."""
+    params = {"data": {"path": str(commands / "train.jsonl"), "test_path": str(commands / "test.jsonl")}, **TINY}
+    recipe = {"name": "asr-by-hand", "task": {"plugin": "speech", "name": "recognition", "params": params},
+              "scorer": {"name": "random"}, "oracle": {"name": "exchange"},
+              "loop": {"rounds": 1, "initial": 6, "batch": 3}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    run = tmp_path / "run"
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(run), "-q"]) == 0        # pauses, awaiting labels
+    assert main(["export", str(run), "--format", "jsonl", "--out", str(tmp_path / "b.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(Path(r["audio"]).exists() for r in rows)             # the clips travel as paths
+    truth = {u.id: u.transcript for u in make_task(commands).pool}
+    for r in rows:
+        r["label"] = truth[r["item_id"]].upper()
+    rows[0]["label"] = "   "
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["import", str(run), str(tmp_path / "a.jsonl")]) == 2
+    assert rows[0]["item_id"] in capsys.readouterr().err
+    rows[0]["label"] = truth[rows[0]["item_id"]]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["import", str(run), str(tmp_path / "a.jsonl")]) == 0
+    assert main(["resume", str(run), "-q"]) == 0                 # trains round 0, pauses for round 1's batch
+    assert main(["status", str(run), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["labels"] == 6 and info["round"] == 1 and info["outstanding"] == 3
+    stored = dict(sqlite3.connect(run / "labels.sqlite").execute("SELECT item_id, value FROM labels"))
+    assert all(json.loads(v) == truth[k] for k, v in stored.items())                   # normalised transcripts
