@@ -1,9 +1,10 @@
-"""Time the main demo end to end and the core scorers on one pool; prints two tables.
+"""Time demos end to end and the core scorers on one pool; prints two tables.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/timing.py [--recipe recipes/ceal_digits.yaml] [--threads 1]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/timing.py [--recipe recipes/ceal_digits.yaml ...] [--threads 1]
+        [--no-scorers]
 
-Table 1: wall time of `activelab run RECIPE` (process start to exit) and the sums of the per-round fit and scoring
-times it logged. Table 2: seconds and items/s for each core scorer over the digits pool (1,347 items), with a task
+Table 1: for each recipe, wall time of `activelab run RECIPE` (process start to exit), the sums of the per-round
+fit and scoring times it logged, and the final value of the task's primary metric. Table 2: seconds and items/s for each core scorer over the digits pool (1,347 items), with a task
 fitted once on 200 labels; every scorer is timed in the same process, one after another.
 """
 from __future__ import annotations
@@ -28,9 +29,19 @@ def time_demo(recipe: str, threads: int) -> dict:
                        check=True, env=env, cwd=ROOT)
         wall = time.perf_counter() - started
         rows = [json.loads(line) for line in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()]
+        metric = primary_metric(Path(f"{tmp}/run/recipe.yaml"))
     return {"wall": wall, "fit": sum(r.get("fit_seconds", 0) for r in rows),
             "score": sum(r.get("score_seconds", 0) for r in rows), "rounds": len(rows),
-            "final": rows[-1]["accuracy"], "labels": rows[-1]["n_labeled"]}
+            "metric": metric, "final": rows[-1][metric], "labels": rows[-1]["n_labeled"]}
+
+
+def primary_metric(resolved_recipe: Path) -> str:
+    import yaml
+
+    from activelab import registry
+
+    task = yaml.safe_load(resolved_recipe.read_text())["task"]
+    return registry.load("task", task["name"], task.get("plugin")).primary_metric
 
 
 def time_scorers(threads: int) -> list[tuple[str, float, int]]:
@@ -68,16 +79,20 @@ def time_scorers(threads: int) -> list[tuple[str, float, int]]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--recipe", default="recipes/ceal_digits.yaml")
+    p.add_argument("--recipe", nargs="+", default=["recipes/ceal_digits.yaml"])
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    p.add_argument("--no-scorers", action="store_true", help="only the recipes' table")
     args = p.parse_args()
-    demo = time_demo(args.recipe, args.threads)
-    print(f"threads: {args.threads}\n")
-    print("| recipe | rounds | labels | final accuracy | wall s | fit s (sum) | scoring s (sum) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    print(f"| {args.recipe} | {demo['rounds']} | {demo['labels']} | {demo['final']:.3f} | {demo['wall']:.1f} | "
-          f"{demo['fit']:.1f} | {demo['score']:.2f} |\n")
-    print("| scorer | seconds | items/s |")
+    print(f"threads: {args.threads}; load average before: {os.getloadavg()[0]:.1f}\n")
+    print("| recipe | rounds | labels | final primary metric | wall s | fit s (sum) | scoring s (sum) |")
+    print("|---|---:|---:|---|---:|---:|---:|")
+    for recipe in args.recipe:
+        demo = time_demo(recipe, args.threads)
+        print(f"| {recipe} | {demo['rounds']} | {demo['labels']} | {demo['metric']} {demo['final']:.3f} | "
+              f"{demo['wall']:.1f} | {demo['fit']:.1f} | {demo['score']:.2f} |", flush=True)
+    if args.no_scorers:
+        return
+    print("\n| scorer | seconds | items/s |")
     print("|---|---:|---:|")
     for label, elapsed, n in time_scorers(args.threads):
         print(f"| {label} | {elapsed:.3f} | {n / elapsed:,.0f} |")

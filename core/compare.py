@@ -67,8 +67,10 @@ def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None
         finals = [r for r in table if r["strategy"] == "random"]
         target = max(finals, key=lambda r: r["n_labeled"]).get(f"{wanted[0]}_mean")
         if target is not None:
-            text.append(f"labels needed to reach random's final {wanted[0]} ({target:.3f}):")
-            for strategy, n in labels_to_reach(table, wanted[0], target).items():
+            lower = wanted[0] in getattr(base.classes["task"], "lower_is_better", ())
+            text.append(f"labels needed to reach random's final {wanted[0]} ({target:.3f}"
+                        f"{', lower is better' if lower else ''}):")
+            for strategy, n in labels_to_reach(table, wanted[0], target, lower).items():
                 text.append(f"- {strategy}: {'not reached' if n is None else f'{n:g}'}")
             text.append("")
     (out_dir / "compare.md").write_text("\n".join(text))

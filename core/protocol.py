@@ -144,6 +144,8 @@ class Task(Protocol):
       primary_metric: the metric learning curves and ``activelab compare`` plot by default.
       query_type: ``"pool"`` (labelled items leave the pool) or ``"synthesis"`` (the candidates are generators
         that are never used up, e.g. corruption levels; answers create new items).
+      lower_is_better (optional): names of metrics where smaller is better (error rates such as ``"wer"``);
+        reports use it to say when a strategy "reaches" a target. Every other metric counts as higher-is-better.
 
     Optional hooks for people labelling (the terminal oracle, Label Studio, CSV/JSON lines); human tools fall
     back gracefully when a task has none (see :mod:`activelab.labelling`):

@@ -60,14 +60,17 @@ def aggregate(runs: dict[str, list[list[dict[str, Any]]]], metrics: Iterable[str
     return table
 
 
-def labels_to_reach(table: list[dict[str, Any]], metric: str, target: float) -> dict[str, float | None]:
-    """For each strategy, the smallest label count whose mean metric reaches ``target`` (None if never)."""
+def labels_to_reach(table: list[dict[str, Any]], metric: str, target: float,
+                    lower_is_better: bool = False) -> dict[str, float | None]:
+    """For each strategy, the smallest label count whose mean metric reaches ``target`` (at least it, or at most
+    it for an error rate such as WER when ``lower_is_better``); None if never."""
     out: dict[str, float | None] = {}
     for row in table:
         s = row["strategy"]
         out.setdefault(s, None)
         val = row.get(f"{metric}_mean")
-        if val is not None and val >= target and (out[s] is None or row["n_labeled"] < out[s]):
+        reached = val is not None and (val <= target if lower_is_better else val >= target)
+        if reached and (out[s] is None or row["n_labeled"] < out[s]):
             out[s] = row["n_labeled"]
     return out
 

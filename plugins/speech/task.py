@@ -110,6 +110,7 @@ class RecognitionTask:
     Config = RecognitionConfig
     outputs = frozenset({PREDICTED_LOSS, PREDICTED_LOSS_NORM, CTC_LEAST_CONFIDENCE, CTC_ENTROPY, DURATION})
     primary_metric = "wer"
+    lower_is_better = frozenset({"wer", "cer"})
     query_type = "pool"
 
     def __init__(self, config: RecognitionConfig, env: Env):
