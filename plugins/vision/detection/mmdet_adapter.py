@@ -46,7 +46,9 @@ construction raises `UserError`. Like `TorchvisionAdapter`, the contract's ``mod
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import math
 
 import torch
@@ -76,6 +78,20 @@ def _import_mmdet():
     if not mmdet.__version__.startswith("3."):
         raise UserError(f"{MISSING} (found mmdet {mmdet.__version__})")
     return MODELS, TASK_UTILS, InstanceData, batched_nms
+
+
+@contextlib.contextmanager
+def _quiet_mmengine():
+    """mmengine's current logger at WARNING for the duration (restored after)."""
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class _BackboneNeck(nn.Module):
@@ -168,11 +184,13 @@ class MMDetAdapter(nn.Module):
         self.backbone_name = backbone if backbone_cfg is None else str(backbone_cfg.get("type"))
         self.configs = {"backbone": copy.deepcopy(backbone_cfg), "neck": copy.deepcopy(neck_cfg)}
         body = _BackboneNeck(MODELS.build(copy.deepcopy(backbone_cfg)), MODELS.build(copy.deepcopy(neck_cfg)))
-        if pretrained:
-            body.neck.init_weights()
-            self._load_resnet(body.backbone, weights_path)
-        else:
-            body.init_weights()
+        with _quiet_mmengine():  # init_weights logs every parameter's initialisation at INFO
+            if pretrained:
+                body.neck.init_weights()
+                self._load_resnet(body.backbone, weights_path)
+            else:
+                body.backbone.init_weights()
+                body.neck.init_weights()
         self.backbone = body
 
         self.configs["anchors"] = copy.deepcopy(anchor_cfg) if anchor_cfg is not None else _anchor_cfg(anchor_sizes)

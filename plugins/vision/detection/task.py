@@ -97,6 +97,9 @@ class DetectionConfig(BaseModel):
 
     data: DetectionDataConfig
     backbone: Literal["tiny", "resnet18", "resnet50"] = "tiny"
+    # torchvision's RetinaNet pieces (default), or mmdet's (optional extra: mmdet 3.x + mmcv 2.1, see README;
+    # resnet18/resnet50 only). The MI-AOD head, losses and scores are the same code either way.
+    adapter: Literal["torchvision", "mmdet"] = "torchvision"
     channels: int = Field(64, ge=8)           # FPN channels (RetinaNet: 256)
     anchor_sizes: list[float] | None = None   # one base size per FPN level (default: the adapter's)
     weights_path: str | None = None           # a local torchvision ResNet state dict (nothing is downloaded)
@@ -194,8 +197,11 @@ class DetectionTask:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             try:
-                adapter = TorchvisionAdapter(len(self.classes), backbone=cfg.backbone, channels=cfg.channels,
-                                             anchor_sizes=cfg.anchor_sizes, weights_path=cfg.weights_path)
+                adapter_cls = TorchvisionAdapter
+                if cfg.adapter == "mmdet":
+                    from .mmdet_adapter import MMDetAdapter as adapter_cls
+                adapter = adapter_cls(len(self.classes), backbone=cfg.backbone, channels=cfg.channels,
+                                      anchor_sizes=cfg.anchor_sizes, weights_path=cfg.weights_path)
             except (ValueError, OSError, RuntimeError, pickle.UnpicklingError) as exc:
                 field = "anchor_sizes" if "anchor_sizes" in str(exc) else "weights_path" if cfg.weights_path \
                     else "backbone"

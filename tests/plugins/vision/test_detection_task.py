@@ -20,6 +20,7 @@ from activelab.plugins.vision.detection.scorers import AnchorEntropy, MIAODUncer
 from activelab.plugins.vision.detection.synth import make_digit_canvases
 from activelab.plugins.vision.detection.task import (ANCHOR_ENTROPY_MAX, ANCHOR_ENTROPY_MEAN, MIAOD_UNCERTAINTY,
                                                      MIAOD_UNCERTAINTY_MIL, DetectionTask)
+from activelab.errors import UserError
 from activelab.protocol import Env
 from activelab.store import LabelStore
 from activelab.testing import ScorerConformance, TaskConformance, make_context, predictions, true_labels
@@ -280,3 +281,15 @@ def test_a_person_types_boxes_at_the_terminal_and_the_store_keeps_the_canonical_
                                          {"label": "7", "box": [0.0, 0.0, 5.0, 5.0]}]}
     finally:
         store.close()
+
+
+def test_the_mmdet_adapter_without_mmdet_is_a_one_line_user_error(canvases):
+    """`adapter: mmdet` is an optional extra; where mmdet is missing the task says so instead of a traceback (with
+    mmdet installed, tests/plugins/vision/test_detection_mmdet.py checks the adapter itself)."""
+    try:
+        import mmdet  # noqa: F401
+        pytest.skip("mmdet is installed here; the adapter's own tests cover it")
+    except ImportError:
+        pass
+    with pytest.raises(UserError, match="mmdet adapter needs mmdet"):
+        make_task(canvases, adapter="mmdet", backbone="resnet18")
