@@ -26,7 +26,7 @@ def time_demo(recipe: str, threads: int) -> dict:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "activelab.cli", "run", recipe, "--out", f"{tmp}/run", "-q"],
-                       check=True, env=env, cwd=ROOT)
+                       check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - started
         rows = [json.loads(line) for line in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()]
         metric = primary_metric(Path(f"{tmp}/run/recipe.yaml"))
