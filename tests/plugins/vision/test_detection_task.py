@@ -293,3 +293,50 @@ def test_the_mmdet_adapter_without_mmdet_is_a_one_line_user_error(canvases):
         pass
     with pytest.raises(UserError, match="mmdet adapter needs mmdet"):
         make_task(canvases, adapter="mmdet", backbone="resnet18")
+
+
+def test_boxes_round_trip_through_label_studio(canvases, tmp_path, capsys):
+    """A detection run waiting for people: the Label Studio export names each image with its size and a
+    RectangleLabels config; a Label Studio export with boxes drawn in percent of the image imports as boxes in
+    pixels; after the next fit the export carries the model's boxes as pre-annotations."""
+    import xml.etree.ElementTree as ET
+
+    recipe = {"name": "boxes-by-hand", "task": {"plugin": "vision", "name": "detection", "params": params(canvases)},
+              "scorer": {"name": "miaod"}, "oracle": {"name": "exchange"}, "loop": {"rounds": 1, "initial": 4, "batch": 2}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    run = tmp_path / "run"
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(run), "-q"]) == 0           # awaiting labels
+    assert main(["export", str(run), "--format", "label-studio", "--out", str(tmp_path / "b.json")]) == 0
+    tasks = json.loads((tmp_path / "b.json").read_text())
+    config = ET.fromstring((tmp_path / "b.xml").read_text())
+    assert config.find("Image").get("value") == "$image"
+    assert [c.get("value") for c in config.find("RectangleLabels")] == [str(d) for d in range(10)]
+    truth = make_task(canvases)
+    exported = []
+    for n, t in enumerate(tasks, start=1):
+        item = t["data"]["item_id"]
+        size = truth.describe(item)
+        regions = [{"from_name": "label", "to_name": "image", "type": "rectanglelabels",
+                    "original_width": size["width"], "original_height": size["height"],
+                    "value": {"x": 100 * x0 / size["width"], "y": 100 * y0 / size["height"],
+                              "width": 100 * (x1 - x0) / size["width"], "height": 100 * (y1 - y0) / size["height"],
+                              "rotation": 0, "rectanglelabels": [box["label"]]}}
+                   for box in truth.true_label(item) for x0, y0, x1, y1 in [box["box"]]]
+        exported.append({"id": n, "data": t["data"], "predictions": [], "annotations": [{
+            "id": n, "completed_by": {"id": 1, "email": "ann@example.com"}, "was_cancelled": False,
+            "result": regions, "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"}]})
+    (tmp_path / "a.json").write_text(json.dumps(exported))
+    assert main(["import", str(run), str(tmp_path / "a.json")]) == 0
+    store = LabelStore(run / "labels.sqlite")
+    stored = store.labels()
+    store.close()
+    assert len(stored) == 4
+    for item, value in stored.items():
+        want = truth.true_label(item)
+        assert [b["label"] for b in value] == [b["label"] for b in want]
+        assert np.allclose([b["box"] for b in value], [b["box"] for b in want], atol=0.01)
+    assert main(["resume", str(run), "-q"]) == 0                    # fits round 0, asks for round 1's batch
+    assert main(["export", str(run), "--format", "label-studio", "--out", str(tmp_path / "r1.json")]) == 0
+    for t in json.loads((tmp_path / "r1.json").read_text()):
+        [prediction] = t["predictions"]
+        assert all(r["type"] == "rectanglelabels" for r in prediction["result"])
