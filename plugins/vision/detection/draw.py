@@ -25,7 +25,9 @@ def draw_selection(images: Sequence[DetectionImage], predictions: Sequence[dict]
 
     Predicted boxes (``predictions[i]`` for ``images[i]``: ``boxes`` x0, y0, x1, y1, ``scores``, ``labels``) with a
     score >= ``score_threshold`` are drawn with their class name and score; true boxes thin in another colour.
-    Each tile is titled with the item id and, when ``scores`` is given, its acquisition score. The file is written
+    Each tile is titled with the item id and, when ``scores`` is given, its acquisition score; the tiles are then
+    ordered by that score, highest first (so the images kept by ``max_images`` are the ones the model most wanted
+    labelled). The file is written
     to a temporary name first and moved into place, so a reader never sees half a PNG.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -37,6 +39,11 @@ def draw_selection(images: Sequence[DetectionImage], predictions: Sequence[dict]
         raise ValueError(f"{len(predictions)} predictions for {len(images)} images")
     if scores is not None and len(scores) != len(images):
         raise ValueError(f"{len(scores)} scores for {len(images)} images")
+    if scores is not None:
+        order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+        images = [images[i] for i in order]
+        scores = [scores[i] for i in order]
+        predictions = None if predictions is None else [predictions[i] for i in order]
     n = min(len(images), max_images)
     cols = max(1, min(6, n))
     rows = max(1, math.ceil(n / cols))
