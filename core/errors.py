@@ -17,3 +17,14 @@ class RecipeError(UserError):
 
     def lines(self) -> list[str]:
         return [f"{self.source}: {p}" for p in self.problems]
+
+
+class ProblemsError(UserError):
+    """Every problem found in one input (a data file, a manifest); ``str(err)`` is the first one plus a count of
+    the rest, on one line; ``problems`` holds them all."""
+
+    def __init__(self, problems: list[str], empty: str = "invalid input"):
+        self.problems = list(problems)
+        more = len(self.problems) - 1
+        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else ""
+        super().__init__(f"{self.problems[0]}{suffix}" if self.problems else empty)

@@ -72,6 +72,11 @@ def rng_for(seed: int, *stream: int | str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([w & 0xFFFFFFFF for w in words]))
 
 
+def seed_for(seed: int, *stream: int | str) -> int:
+    """An integer seed (for ``torch.manual_seed``, a ``torch.Generator``) drawn from :func:`rng_for`'s stream."""
+    return int(rng_for(seed, *stream).integers(2**62))
+
+
 @dataclass(frozen=True)
 class MC:
     """Ask :meth:`Task.predict` for several stochastic forward passes (a committee).

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from activelab.dropout import mc_dropout
 from activelab.errors import UserError
-from activelab.protocol import MC, MC_DROPOUT, Context, Env, ItemId, rng_for
+from activelab.protocol import MC, MC_DROPOUT, Context, Env, ItemId, rng_for, seed_for
 
 from .curriculum import POWERS, CompetenceSampler, CurriculumConfig, difficulty, empirical_cdf
 from .data import DataConfig, load_data
@@ -95,9 +95,6 @@ class TranslationConfig(BaseModel):
     eval_batch_size: int = Field(256, ge=1)
     track: TrackConfig = Field(default_factory=TrackConfig)
 
-
-def _seed(*stream: int | str) -> int:
-    return int(rng_for(*stream).integers(2**62))
 
 
 def _pad(seqs: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
@@ -162,7 +159,7 @@ class TranslationTask:
         kind = config.curriculum.difficulty
         self._raw_difficulty = difficulty(self.pool.sources, kind, corpus=self.pool.sources)
         self.pool_difficulty = empirical_cdf(self._raw_difficulty)
-        self.model = self._new_model(_seed(env.seed, "nlp-init"))
+        self.model = self._new_model(seed_for(env.seed, "nlp-init"))
         self.optimizer = self._new_optimizer(self.model)
         self.fitted = False
 
@@ -217,7 +214,7 @@ class TranslationTask:
         sampler = CompetenceSampler(cdf, self.cfg.batch_size, steps, rng_for(ctx.seed, ctx.round, "nlp-batches"),
                                     enabled=cur.enabled, T=T, c0=cur.c0, p=POWERS[cur.competence])
         if not self.fitted or not self.cfg.fine_tune:
-            self.model = self._new_model(_seed(ctx.seed, ctx.round, "nlp-init"))
+            self.model = self._new_model(seed_for(ctx.seed, ctx.round, "nlp-init"))
             self.optimizer = self._new_optimizer(self.model)
         track = self.cfg.track
         reached, tracked = -1, {}
@@ -225,7 +222,7 @@ class TranslationTask:
         last_c = 1.0
         self.model.train()
         with torch.random.fork_rng(devices=self._rng_devices()):
-            torch.manual_seed(_seed(ctx.seed, ctx.round, "nlp-dropout"))
+            torch.manual_seed(seed_for(ctx.seed, ctx.round, "nlp-dropout"))
             bar = tqdm(sampler, total=steps, desc=f"fit round {ctx.round}", unit="step", leave=False,
                        disable=not (self.env.progress and ctx.progress))
             for t, batch, c in bar:

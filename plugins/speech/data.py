@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from activelab.errors import UserError
+from activelab.errors import ProblemsError, UserError
 from activelab.protocol import rng_for
 
 FIELD = "task.params.data"        # where these settings live in a recipe; user errors name it
@@ -99,13 +99,8 @@ class SpeechDataConfig(BaseModel):
     text_column: str = "text"         # hf_disk
 
 
-class ManifestError(UserError):
+class ManifestError(ProblemsError):
     """Every problem found in the data; ``str(err)`` is the first one plus a count of the rest."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        more = len(self.problems) - 1
-        super().__init__(self.problems[0] + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""))
 
 
 _SPACE = re.compile(r"\s+")

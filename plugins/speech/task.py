@@ -39,7 +39,7 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from activelab.errors import UserError
-from activelab.protocol import MC, Context, Env, ItemId, rng_for
+from activelab.protocol import MC, Context, Env, ItemId, rng_for, seed_for
 
 from .data import SpeechDataConfig, Utterance, load_speech_data, normalise_transcript, read_audio
 from .model import CTCModel, LogMel, ctc_losses, greedy_decode, posterior_statistics, ranking_loss
@@ -98,9 +98,6 @@ def spec_augment(feats: torch.Tensor) -> torch.Tensor:
         x = mask(x)
     return x[:, 0].transpose(1, 2)
 
-
-def _seed(*stream: int | str) -> int:
-    return int(rng_for(*stream).integers(2**62))
 
 
 class RecognitionTask:
@@ -177,14 +174,14 @@ class RecognitionTask:
         if self.model is not None and self.cfg.fine_tune:
             self.vocab += sorted(chars - set(self.vocab))
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_seed(ctx.seed, ctx.round, "speech-grow"))
+                torch.manual_seed(seed_for(ctx.seed, ctx.round, "speech-grow"))
                 self.model.grow_vocabulary(len(self.vocab))
         else:
             self.vocab = sorted(chars)
-            self.model = self._new_model(len(self.vocab), _seed(ctx.seed, ctx.round, "speech-init"))
+            self.model = self._new_model(len(self.vocab), seed_for(ctx.seed, ctx.round, "speech-init"))
         self.labelled = ids
         started = time.perf_counter()
-        stats = self._train(utts, transcripts, _seed(ctx.seed, ctx.round, "speech-fit"),
+        stats = self._train(utts, transcripts, seed_for(ctx.seed, ctx.round, "speech-fit"),
                             progress=self.env.progress and ctx.progress, desc=f"fit round {ctx.round}")
         stats.update(n_train=len(ids), vocab=len(self.vocab), train_seconds=time.perf_counter() - started)
         return stats

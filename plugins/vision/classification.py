@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from activelab.dropout import mc_dropout
 from activelab.errors import UserError
-from activelab.protocol import BOOTSTRAP, EMBEDDINGS, MC, MC_DROPOUT, PROBS, Context, Env, ItemId, rng_for
+from activelab.protocol import (BOOTSTRAP, EMBEDDINGS, MC, MC_DROPOUT, PROBS, Context, Env, ItemId, rng_for,
+                                seed_for)
 
 from .ceal import ceal_delta, entropy, high_confidence
 from .datasets import DataConfig, load_data
@@ -73,9 +74,6 @@ class ClassificationConfig(BaseModel):
 MC_MODES = ("dropout", "batchwise", "bootstrap")
 
 
-def _seed(*stream: int | str) -> int:
-    return int(rng_for(*stream).integers(2**62))
-
 
 class ClassificationTask:
     """CEAL image classification on digits, an image folder, a saved Hugging Face dataset, MNIST or
@@ -99,7 +97,7 @@ class ClassificationTask:
         self._mean = images.mean(dim=(0, 2, 3), keepdim=True)
         self._std = images.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
         self._preview_dir: Path | None = None
-        self.model = self._new_model(_seed(env.seed, "vision-init"))
+        self.model = self._new_model(seed_for(env.seed, "vision-init"))
         self.optimizer = self._new_optimizer(self.model)
         self.fitted = False
         self.members: list[torch.nn.Module] = []
@@ -170,12 +168,12 @@ class ClassificationTask:
         positions, y = self._labelled(labels)
         pseudo_pos, pseudo_y, delta = self.pseudo_labels(labels, ctx.round)
         if not self.fitted or not self.cfg.fine_tune:
-            self.model = self._new_model(_seed(ctx.seed, ctx.round, "vision-init"))
+            self.model = self._new_model(seed_for(ctx.seed, ctx.round, "vision-init"))
             self.optimizer = self._new_optimizer(self.model)
         train_pos = np.concatenate([positions, pseudo_pos])
         train_y = np.concatenate([y, pseudo_y])
         loss = self._train(self.model, self.optimizer, train_pos, train_y, self.cfg.epochs,
-                           _seed(ctx.seed, ctx.round, "vision-fit"), desc=f"fit round {ctx.round}",
+                           seed_for(ctx.seed, ctx.round, "vision-fit"), desc=f"fit round {ctx.round}",
                            progress=self.env.progress and ctx.progress)
         self.fitted = True
         stats: dict[str, float] = {"n_train": int(len(train_y)), "n_pseudo": int(len(pseudo_y)), "train_loss": loss}
@@ -228,9 +226,9 @@ class ClassificationTask:
         members = []
         for m in range(n):
             draw = rng_for(seed, "vision-bootstrap", m).integers(0, len(y), size=len(y))
-            model = self._new_model(_seed(seed, "vision-bootstrap-init", m))
+            model = self._new_model(seed_for(seed, "vision-bootstrap-init", m))
             self._train(model, self._new_optimizer(model), positions[draw], y[draw], epochs,
-                        _seed(seed, "vision-bootstrap-fit", m))
+                        seed_for(seed, "vision-bootstrap-fit", m))
             members.append(model)
         self.members = members
 

@@ -25,21 +25,18 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from activelab.errors import UserError
+from activelab.errors import ProblemsError, UserError
 
 FIELD = "task.params.data"      # where these settings live in a recipe; user errors name it
 TOLERANCE = 1.0                 # pixels a box may stick out of its image (rounding in exporters)
 REQUIRED = ("images", "annotations", "categories")
 
 
-class CocoError(UserError):
+class CocoError(ProblemsError):
     """Every problem found in one COCO file (or pair of files); ``str(err)`` is the first one, on one line."""
 
     def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        more = len(self.problems) - 1
-        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-        super().__init__(f"{self.problems[0]}{suffix}" if self.problems else "invalid COCO data")
+        super().__init__(problems, empty="invalid COCO data")
 
 
 @dataclass(frozen=True, eq=False)

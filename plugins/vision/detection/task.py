@@ -58,7 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from activelab.errors import UserError
-from activelab.protocol import MC, Context, Env, ItemId, rng_for
+from activelab.protocol import MC, Context, Env, ItemId, seed_for
 
 from . import miaod
 from .adapter import TorchvisionAdapter
@@ -126,9 +126,6 @@ class DetectionConfig(BaseModel):
     cache_images: bool | None = None          # keep decoded images in memory (None: when they fit in 2 GiB)
 
 
-def _seed(*stream: int | str) -> int:
-    return int(rng_for(*stream).integers(2**62))
-
 
 @contextlib.contextmanager
 def _scaled_lr(optimizer: torch.optim.Optimizer, factor: float) -> Iterator[None]:
@@ -171,7 +168,7 @@ class DetectionTask:
         self._mean = torch.tensor(MEAN).view(3, 1, 1)
         self._std = torch.tensor(STD).view(3, 1, 1)
         self._cache: dict[tuple[str, int], torch.Tensor] | None = {} if self._should_cache() else None
-        self.model = self._new_model(_seed(env.seed, "detection-init"))
+        self.model = self._new_model(seed_for(env.seed, "detection-init"))
         self.optimizer = self._new_optimizer(self.model)
         self.fitted = False
         self.trained_on: list[ItemId] = []     # the labelled ids of the last fit (for the selection pictures)
@@ -296,9 +293,9 @@ class DetectionTask:
         taken = set(positions)
         unlabelled = [p for p in range(len(self.pool)) if p not in taken]
 
-        self.model = self._new_model(_seed(ctx.seed, ctx.round, "detection-init"))
+        self.model = self._new_model(seed_for(ctx.seed, ctx.round, "detection-init"))
         self.optimizer = self._new_optimizer(self.model)
-        seed = _seed(ctx.seed, ctx.round, "detection-fit")
+        seed = seed_for(ctx.seed, ctx.round, "detection-fit")
         started = time.perf_counter()
         stats: dict[str, float] = {"n_train": len(ids), "n_unlabelled": len(unlabelled)}
         with torch.random.fork_rng(devices=self._rng_devices()):
