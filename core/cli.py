@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -23,31 +26,52 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return _drive(Path(args.run), args.quiet)
 
 
+class Terminated(Exception):
+    """SIGTERM arrived: stop where we are (every committed label is kept) and say so in the run's status."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise Terminated()
+
+
 def _drive(run_dir: Path, quiet: bool, fresh: bool = False) -> int:
-    from .loop import Runner, discard_run
+    from .loop import INTERRUPTED, Runner
 
     # Bars only on a terminal (a log file would get every redraw); a line per round unless --quiet.
-    try:
-        runner = Runner(run_dir, progress=not quiet and sys.stderr.isatty(), echo=not quiet)
-    except UserError:
-        if fresh:  # bad data found before anything was labelled: leave no half-made run folder behind
-            discard_run(run_dir)
-        raise
+    # fresh: a folder this command just made is removed again if its data turn out to be bad (nothing labelled).
+    runner = Runner(run_dir, progress=not quiet and sys.stderr.isatty(), echo=not quiet, fresh=fresh)
     if not quiet:
         print(f"run folder: {run_dir}", file=sys.stderr)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         outcome = runner.run()
     except KeyboardInterrupt:
-        runner.store.set_state("status", "paused")
+        _set_status(runner, "paused")
         print(f"interrupted; every label given so far is saved. Continue with: activelab resume {run_dir}", file=sys.stderr)
         return 130
+    except Terminated:
+        _set_status(runner, INTERRUPTED)
+        print(f"terminated; every label given so far is saved. Continue with: activelab resume {run_dir}",
+              file=sys.stderr)
+        return 143
+    except BaseException:
+        _set_status(runner, INTERRUPTED)  # an error stopped it: nobody is working on it any more
+        raise
     finally:
+        signal.signal(signal.SIGTERM, previous)
         runner.close()
     if outcome == "paused":
         print(_pause_hint(run_dir), file=sys.stderr)
     else:
         print(f"done: {run_dir}/metrics.jsonl, {run_dir}/learning_curve.png", file=sys.stderr)
     return 0
+
+
+def _set_status(runner, value: str) -> None:
+    try:
+        runner.store.set_state("status", value)
+    except Exception:  # the store itself may be what failed (disk full); the error that stopped us is reported
+        pass
 
 
 def _pause_hint(run_dir: Path) -> str:
@@ -219,6 +243,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("activelab: interrupted; labels given so far are saved (continue with `activelab resume`)", file=sys.stderr)
         return 130
+    except RecursionError:
+        print("activelab: error: input nested too deeply to read", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # the environment refused (disk full, read-only folder, no permission): a user error, not a bug
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        print(f"activelab: error: {exc.filename or 'a file'}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except sqlite3.OperationalError as exc:
+        print(f"activelab: error: the label store: {exc}", file=sys.stderr)
+        return 2
+
+
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EMFILE, errno.ENFILE,
+                      errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EIO}
 
 
 if __name__ == "__main__":

@@ -19,6 +19,18 @@ from .loop import RECIPE_FILE, Runner, create_run, resolved_recipe
 from .report import aggregate, labels_to_reach, markdown_table, plot_compare
 
 
+LOOP_METRICS = frozenset({"round", "n_labeled", "n_queried", "fit_seconds", "score_seconds"})
+
+
+def metric_names(task_cls: type) -> set[str] | None:
+    """Every name a run of this task can have in its metrics rows: the loop's own plus the task's declared
+    ``metrics`` (what ``evaluate`` and ``fit`` report); None when the task declares none."""
+    declared = getattr(task_cls, "metrics", None)
+    if declared is None:
+        return None
+    return set(LOOP_METRICS) | set(declared)
+
+
 def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None,
             overrides: list[str], metrics: list[str] | None = None, progress: bool = True) -> Path:
     base = recipes.load(recipe_path, overrides)
@@ -29,6 +41,12 @@ def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None
     out_dir = Path(out) if out else Path("runs") / f"compare-{base.recipe.name}"
     primary = getattr(base.classes["task"], "primary_metric", None)
     wanted = metrics or [primary]
+    known = metric_names(base.classes["task"])
+    if known is not None:
+        unknown = [m for m in wanted if m not in known]
+        if unknown:
+            raise UserError(f"--metrics: {', '.join(map(repr, unknown))} not reported by task "
+                            f"'{base.recipe.task.name}' (it reports: {', '.join(sorted(known))})")
     # Validate every strategy up front, so a typo fails before hours of training.
     plans = []
     for strategy in strategies:
@@ -50,9 +68,16 @@ def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None
         try:
             if runner.run() != "done":
                 raise UserError(f"{run_dir}: the oracle paused this run; finish it with `activelab resume {run_dir}`")
-            runs[strategy].append(runner.store.metrics())
+            rows = runner.store.metrics()
+            runs[strategy].append(rows)
         finally:
             runner.close()
+        if known is None:  # a task that does not declare its metrics: check them on the first finished run
+            known = {k for row in rows for k in row}
+            unknown = [m for m in wanted if m not in known]
+            if unknown:
+                raise UserError(f"--metrics: {', '.join(map(repr, unknown))} not reported by task "
+                                f"'{base.recipe.task.name}' (its first run reports: {', '.join(sorted(known))})")
 
     table = aggregate(runs, wanted)
     (out_dir / "compare.json").write_text(json.dumps(table, indent=1))

@@ -112,6 +112,13 @@ def _current(runner: Runner) -> tuple[int, list[str], list[str]]:
     if batch is None:
         raise UserError(f"{runner.run_dir}: round {round} has no batch yet; `activelab resume {runner.run_dir}` "
                         f"selects it")
+    frozen = runner.store.frozen_round()
+    if round <= frozen:
+        # the batch was trained on: its labels are final, and the next batch is not chosen yet
+        state = runner.store.get_state("status", "created")
+        raise UserError(f"{runner.run_dir}: round {round}'s batch was already trained on (status: {state}); its "
+                        f"labels cannot change" + ("" if state == "done" else
+                                                   f"; `activelab resume {runner.run_dir}` selects the next batch"))
     return round, batch[0], runner.pool.outstanding(round, batch[0])
 
 
@@ -307,10 +314,11 @@ def _store(runner: Runner, entries: list[Entry], fmt: str, name: str) -> Report:
                 report.unchanged += 1        # a skip changes nothing outside its batch, or where a label is given
                 continue
             if item in labelled:             # labelled earlier this round, skipped now: the later answer wins
-                pool.apply(Undo(item, annotator=e.annotator), round, batch)
+                pool.replace(Skip(item, annotator=e.annotator), round, batch)
                 del labelled[item]
                 report.replaced += 1
-            pool.apply(Skip(item, annotator=e.annotator), round, batch)
+            else:
+                pool.apply(Skip(item, annotator=e.annotator), round, batch)
             report.skipped += 1
             continue
         if len(given[item]) > 1:
@@ -327,8 +335,11 @@ def _store(runner: Runner, entries: list[Entry], fmt: str, name: str) -> Report:
                 problem(e, f"already labelled {labelling.show(old, kind)} in round {old_round} (trained on); "
                            f"not changed")
                 continue
-            pool.apply(Undo(item, annotator=e.annotator), round, batch)
+            pool.replace(Label(item, value, annotator=e.annotator or fmt), round, batch)
+            labelled[item] = (value, round)
             report.replaced += 1
+            report.stored += 1
+            continue
         elif item not in in_batch:
             problem(e, f"not in round {round}'s batch")
             continue

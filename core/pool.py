@@ -56,6 +56,20 @@ class LabelPool:
             return "undone" if removed else "nothing to undo"
         raise TypeError(f"unknown answer {answer!r}")
 
+    def replace(self, answer: Label | Skip, round: int, batch: list[str]) -> str:
+        """A corrected answer for an item labelled earlier in this round: withdraw and store (or skip) in one
+        transaction, so a kill in between never leaves the item without either answer."""
+        if answer.item_id not in batch:
+            raise UserError(f"item {answer.item_id!r} is not in round {round}'s batch")
+        value = None
+        if isinstance(answer, Label):
+            try:
+                value = self.task.check_label(answer.item_id, answer.value)
+            except ValueError as exc:
+                raise UserError(f"label for item {answer.item_id!r} rejected: {exc}") from exc
+        self.store.replace_label(answer.item_id, value, round, answer.annotator)
+        return "replaced"
+
     def _store(self, answer: Label, round: int) -> str:
         try:
             value = self.task.check_label(answer.item_id, answer.value)

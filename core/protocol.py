@@ -149,6 +149,10 @@ class Task(Protocol):
       primary_metric: the metric learning curves and ``activelab compare`` plot by default.
       query_type: ``"pool"`` (labelled items leave the pool) or ``"synthesis"`` (the candidates are generators
         that are never used up, e.g. corruption levels; answers create new items).
+      metrics (optional): every metric name ``evaluate`` and ``fit`` can report; ``activelab compare --metrics``
+        checks names against it before any run (without it, after the first run).
+      data_fingerprint (optional) ``() -> str``: a digest of the task's data (pool items and their content); a
+        run stores it when it starts and refuses to resume on data that differ. Default: a digest of the pool ids.
       lower_is_better (optional): names of metrics where smaller is better (error rates such as ``"wer"``);
         reports use it to say when a strategy "reaches" a target. Every other metric counts as higher-is-better.
 

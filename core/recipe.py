@@ -39,7 +39,9 @@ class LoopSpec(BaseModel):
 
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
+    # the name becomes the default run folder runs/<name>-<time>: no path separators, no "..", no leading dot
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$",
+                      description="letters, digits and . _ + - (at most 100; it names the default run folder)")
     description: str = ""
     seed: int = 0
     task: ComponentSpec
@@ -76,6 +78,8 @@ def _message(err: dict[str, Any]) -> str:
         return f"must be {op} {bound} (got {err.get('input')!r})"
     if kind == "dict_type":
         return f"must be a mapping (got {err.get('input')!r})"
+    if kind == "string_pattern_mismatch":
+        return f"must be letters, digits and . _ + - starting with a letter or digit (got {err.get('input')!r})"
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected', '?')} (got {err.get('input')!r})"
     msg = err.get("msg", "invalid")
@@ -92,12 +96,82 @@ def pydantic_problems(exc: ValidationError, prefix: str = "") -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- loading
+MAX_VALUES = 100_000   # values a recipe may hold once YAML aliases are expanded (an "alias bomb" holds billions)
+MAX_DEPTH = 64         # nesting of mappings and lists
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with a key given twice (naming both lines) instead of keeping
+    the last one silently."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:
+                    continue  # reported by the constructor below
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (lines {seen[key]} and {line})", key_node.start_mark)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                        lambda loader, node: loader.construct_mapping(node, deep=True))
+
+
+def check_size(data: Any, where: str) -> None:
+    """Refuse data that expands to more than ``MAX_VALUES`` values (YAML aliases share one object many times),
+    nests deeper than ``MAX_DEPTH`` or refers to itself. Sizes of shared objects are computed once, so this
+    costs time in the number of distinct objects, never in the expanded size."""
+    sizes: dict[int, int] = {}
+    # iterative post-order walk: (object, depth, children pushed?)
+    stack: list[tuple[Any, int, bool]] = [(data, 0, False)]
+    on_path: set[int] = set()
+    while stack:
+        obj, depth, expanded = stack.pop()
+        if not isinstance(obj, (dict, list)):
+            continue
+        key = id(obj)
+        children = list(obj.keys()) + list(obj.values()) if isinstance(obj, dict) else obj
+        if expanded:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes.get(id(c), 1) for c in children)
+            if sizes[key] > MAX_VALUES:
+                raise UserError(f"{where}: expands to more than {MAX_VALUES:,} values (YAML aliases?); refusing it")
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise UserError(f"{where}: refers to itself (a YAML alias inside its own anchor)")
+        if depth > MAX_DEPTH:
+            raise UserError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+        on_path.add(key)
+        stack.append((obj, depth, True))
+        stack.extend((c, depth + 1, False) for c in children if isinstance(c, (dict, list)))
+
+
+def safe_load(text: str, where: str) -> Any:
+    """``yaml.safe_load`` with duplicate keys refused and the size and depth limits above."""
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise UserError(f"{where}: nested too deeply to read") from None
+    check_size(data, where)
+    return data
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: recipe file not found")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = safe_load(p.read_text(encoding="utf-8"), str(p))
     except UnicodeDecodeError as exc:
         raise UserError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:
@@ -118,7 +192,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise UserError(f"override {text!r}: expected dotted.key=value")
     try:
-        parsed = yaml.safe_load(value) if value != "" else ""
+        parsed = safe_load(value, f"override {key}") if value != "" else ""
     except yaml.YAMLError:
         parsed = value
     return key.split("."), parsed

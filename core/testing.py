@@ -72,6 +72,7 @@ class ToyTask:
 
     outputs: Collection[str] = frozenset({PROBS, EMBEDDINGS, MC_DROPOUT, BOOTSTRAP})
     primary_metric = "accuracy"
+    metrics = ("accuracy", "n_train", "train_accuracy")
     query_type = "pool"
 
     def __init__(self, config: Config | None = None, env: Env | None = None):
@@ -510,6 +511,12 @@ class TaskConformance:
         task = self.fitted()
         metrics = task.evaluate()
         assert np.isfinite(float(metrics[task.primary_metric]))
+        declared = getattr(task, "metrics", None)
+        if declared is not None:  # what `compare --metrics` checks names against before any run
+            assert task.primary_metric in declared
+            assert set(metrics) <= set(declared), f"evaluate() reports undeclared {set(metrics) - set(declared)}"
+            stats = task.fit(self.initial_labels(task), make_context(round=0, seed=1))
+            assert set(stats) <= set(declared), f"fit() reports undeclared {set(stats) - set(declared)}"
 
     def test_labels(self):
         task = self.make_task()
