@@ -233,6 +233,8 @@ def _json(text: str, what: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise UserError(f"{what}: invalid JSON: {exc}") from None
+    except RecursionError:
+        raise UserError(f"{what}: JSON nested too deeply to read") from None
 
 
 def _id(value: Any) -> str | None:
