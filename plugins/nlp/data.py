@@ -20,23 +20,28 @@ Sources (``task.params.data.kind``):
   two text columns (``source_column``/``target_column``); ``split``/``test_split`` as for the vision plugin. Ids
   are the row numbers.
 
-Files must be UTF-8; an undecodable byte, an empty sentence, a TSV line without a tab or aligned files of
-different lengths are :class:`UserError` s naming the file and the line. The test split is the source's own
+Files must be UTF-8; an undecodable byte, an empty sentence, a sentence with a control character (the rule of
+:func:`check_text`, which the task's label check applies too, so a reference a reader accepts is never refused
+while labelling), a TSV line without a tab or aligned files of different lengths are :class:`UserError` s naming
+the file and the line (a dataset: the row). The test split is the source's own
 where it has one, else a seeded ``test_fraction`` of the pairs; ``max_pool``/``max_test`` cut either down by a
 seeded sample.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from activelab.errors import UserError
 from activelab.protocol import rng_for
+from activelab.text import control_character
 
 FIELD = "task.params.data"        # where these settings live in a recipe; user errors name it
 DING_PATH = "/usr/share/trans/de-en"
@@ -55,12 +60,12 @@ class DataConfig(BaseModel):
     max_digits: int = Field(6, ge=1, le=12, description="numbers: longest number, in digits")
     data_seed: int = 0
     # files
-    path: str | None = None               # tsv file, hf_disk folder, ding file (default /usr/share/trans/de-en)
-    test_path: str | None = None          # tsv: a separate test file
-    source_path: str | None = None        # text
-    target_path: str | None = None        # text
-    test_source_path: str | None = None   # text: a separate test split
-    test_target_path: str | None = None
+    path: Path | None = None              # tsv file, hf_disk folder, ding file (default /usr/share/trans/de-en)
+    test_path: Path | None = None         # tsv: a separate test file
+    source_path: Path | None = None       # text
+    target_path: Path | None = None       # text
+    test_source_path: Path | None = None  # text: a separate test split
+    test_target_path: Path | None = None
     source_column: str | None = None      # hf_disk without a translation column
     target_column: str | None = None
     split: str | None = None              # hf_disk: the pool split of a DatasetDict (default: train)
@@ -70,6 +75,15 @@ class DataConfig(BaseModel):
     max_words: int | None = Field(None, ge=1, description="drop pairs whose source or target has more words")
     max_pool: int | None = Field(None, ge=2)
     max_test: int | None = Field(None, ge=1)
+
+    @field_validator("path", "test_path", "source_path", "target_path", "test_source_path", "test_target_path",
+                     mode="before")
+    @classmethod
+    def _a_path(cls, value: object) -> object:
+        """A filesystem path, ``~`` expanded; an empty string is refused (``Path("")`` would be the working folder)."""
+        if isinstance(value, str) and not value.strip():
+            raise PydanticCustomError("empty_path", "must not be empty (leave it out instead)")
+        return Path(value).expanduser() if isinstance(value, (str, os.PathLike)) else value
 
 
 @dataclass
@@ -94,8 +108,34 @@ class TranslationData:
     test: Pairs
 
 
+# ------------------------------------------------------------------------------------------ sentences
+def check_text(value: Any) -> str:
+    """A sentence (a translation label, or a sentence of the data): a non-empty one-line string without control
+    characters; returned stripped. A ValueError says what is wrong."""
+    if not isinstance(value, str):
+        raise ValueError(f"a translation must be text, got {type(value).__name__} {value!r}")
+    text = value.strip()
+    if not text:
+        raise ValueError("a translation must not be empty")
+    bad = control_character(text)
+    if bad is not None:
+        raise ValueError(f"a translation must be one line without control characters (found {bad})")
+    return text
+
+
+def _sentence(value: Any, where: str, side: str) -> str:
+    """``value`` stripped, if :func:`check_text` accepts it; else a UserError naming ``where`` and the side."""
+    try:
+        return check_text(value)
+    except ValueError as exc:
+        if not isinstance(value, str) or not value.strip():
+            raise UserError(f"{where}: empty or non-text {side} sentence ({value!r})") from None
+        rule = str(exc).removeprefix("a translation ")
+        raise UserError(f"{where}: {side} sentence {value.strip()[:60]!r}: {rule}") from None
+
+
 # ------------------------------------------------------------------------------------------ reading files
-def _need(value: str | None, name: str, kind: str) -> Path:
+def _need(value: Path | None, name: str, kind: str) -> Path:
     if not value:
         raise UserError(f"{FIELD}.{name}: required for kind {kind}")
     path = Path(value).expanduser()
@@ -138,6 +178,9 @@ def read_aligned(source: Path, target: Path) -> Pairs:
         n = min(len(src), len(tgt))
         raise UserError(f"{long_}: line {n + 1}: has no aligned line in {short} ({max(len(src), len(tgt))} lines vs "
                         f"{n}; the files must be aligned line by line)")
+    for path, lines, side in ((source, src, "source"), (target, tgt, "target")):
+        for number, line in enumerate(lines, start=1):
+            _sentence(line, f"{path}: line {number}", side)
     return Pairs([str(i) for i in range(1, len(src) + 1)], src, tgt)
 
 
@@ -151,6 +194,8 @@ def read_tsv(path: Path) -> Pairs:
         if not source or not target:
             side = "source" if not source else "target"
             raise UserError(f"{path}: line {number}: empty {side} sentence")
+        _sentence(source, f"{path}: line {number}", "source")
+        _sentence(target, f"{path}: line {number}", "target")
         ids.append(str(number))
         src.append(source)
         tgt.append(target)
@@ -215,6 +260,8 @@ def ding(cfg: DataConfig) -> Pairs:
                 d, e = _ANNOTATION.sub("", d).strip(), _ANNOTATION.sub("", e).strip()
                 if (_SENTENCE_END.search(d) and _SENTENCE_END.search(e) and e[:1].isupper()
                         and len(e.split()) >= 3 and ";" not in d + e):
+                    _sentence(d, f"{path}: line {number}", "German")
+                    _sentence(e, f"{path}: line {number}", "English")
                     ids.append(f"{number}.{part}")
                     english.append(e)
                     german.append(d)
@@ -224,7 +271,7 @@ def ding(cfg: DataConfig) -> Pairs:
 
 
 def hf_disk(cfg: DataConfig) -> tuple[Pairs, Pairs | None]:
-    if not cfg.path:
+    if cfg.path is None:
         raise UserError(f"{FIELD}.path: required for kind hf_disk (a folder written by save_to_disk)")
     try:
         import datasets
@@ -276,8 +323,7 @@ def _hf_pairs(ds, cfg: DataConfig, where: str) -> Pairs:
                         f"source_column and target_column (columns: {', '.join(columns)})")
     for number, (s, t) in enumerate(zip(src, tgt)):
         for side, text in (("source", s), ("target", t)):
-            if not isinstance(text, str) or not text.strip():
-                raise UserError(f"{where}: row {number}: empty or non-text {side} sentence ({text!r})")
+            _sentence(text, f"{where}: row {number}", side)
     return Pairs([str(i) for i in range(len(src))], [s.strip() for s in src], [t.strip() for t in tgt])
 
 

@@ -27,8 +27,9 @@ All randomness of a fit (initialisation, batches, dropout) comes from (seed, rou
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
-import unicodedata
 from typing import Any, Collection, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
@@ -42,7 +43,7 @@ from activelab.errors import UserError
 from activelab.protocol import MC, MC_DROPOUT, Context, Env, ItemId, rng_for, seed_for
 
 from .curriculum import POWERS, CompetenceSampler, CurriculumConfig, difficulty, empirical_cdf
-from .data import DataConfig, load_data
+from .data import DataConfig, check_text, load_data   # check_text: the label rule the data readers apply too
 from .transformer import Seq2SeqTransformer
 
 NLL = "nll"                 # (B,) length-normalised NLL of the greedy translation; (T, B) under MC dropout
@@ -105,19 +106,6 @@ def _pad(seqs: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
     return out.to(device)
 
 
-def check_text(value: Any) -> str:
-    """A translation: a non-empty one-line string without control characters; returned stripped."""
-    if not isinstance(value, str):
-        raise ValueError(f"a translation must be text, got {type(value).__name__} {value!r}")
-    text = value.strip()
-    if not text:
-        raise ValueError("a translation must not be empty")
-    bad = next((c for c in text if unicodedata.category(c) == "Cc"), None)
-    if bad is not None:
-        raise ValueError(f"a translation must be one line without control characters (found {bad!r})")
-    return text
-
-
 def build_tokenizer(texts: Sequence[str], cfg: TokenizerConfig):
     """A byte-level BPE tokenizer trained on ``texts`` (deterministic for the same texts and settings)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -139,6 +127,8 @@ class TranslationTask:
     Config = TranslationConfig
     outputs = frozenset({NLL, DIFFICULTY, MC_DROPOUT})
     primary_metric = "bleu"
+    metrics = ("bleu", "chrf", "exact", "n_train", "steps", "curriculum_steps", "competence", "train_loss",
+               "final_tracked_bleu", "steps_to_bleu")
     query_type = "pool"
 
     def __init__(self, config: TranslationConfig, env: Env):
@@ -191,6 +181,15 @@ class TranslationTask:
     # ------------------------------------------------------------------------------------------ training
     def pool_ids(self) -> Sequence[ItemId]:
         return list(self.pool.ids)
+
+    def data_fingerprint(self) -> str:
+        """SHA-256 (hex) over every pool and test pair, in order: its id, source and reference. The core refuses
+        to resume a run whose data changed."""
+        digest = hashlib.sha256()
+        for split, pairs in (("pool", self.pool), ("test", self.test)):
+            for item, source, target in zip(pairs.ids, pairs.sources, pairs.targets):
+                digest.update(json.dumps([split, item, source, target]).encode() + b"\n")
+        return digest.hexdigest()
 
     def training_steps(self, n: int) -> int:
         """T for a round with ``n`` labelled pairs."""

@@ -7,7 +7,13 @@ Sources (``task.params.data.kind``):
   object per line, blank lines skipped) or CSV with a header. Keys/columns: the audio file (``audio``, ``path``,
   ``audio_filepath`` or ``file_name``; relative paths resolve against the manifest's folder), the transcript
   (``text``, ``transcript``, ``transcription`` or ``sentence``), optional ``speaker`` and ``id``; other keys are
-  ignored. The id is the ``id`` field, else the audio path as written in the manifest.
+  ignored. The id is the ``id`` field, else the audio path as written in the manifest. A CSV record must lie on
+  one line and is read strictly: a quoted field running over lines (an unterminated quote would otherwise
+  swallow every row after it) or a stray character after a closing quote is an error naming the line.
+  ``generate: {utterances: N, test_utterances: M}`` (``path`` must then name a ``train.jsonl``, ``test_path``,
+  if given, the ``test.jsonl`` beside it) makes the spoken-commands demo set (:mod:`.synth`) in that folder when
+  the manifests are missing, atomically, with a line on stderr; a folder the generator made with other settings
+  is refused. Without ``generate``, a missing ``.../spoken_commands/train.jsonl`` names the command that makes it.
 - ``audiofolder``: the Hugging Face audiofolder convention read directly (no ``datasets`` needed): a folder
   (``path``) with audio files and a ``metadata.jsonl`` or ``metadata.csv`` whose ``file_name`` is relative to the
   folder; or a folder with ``train/`` and ``test/`` subfolders laid out so (``test/`` becomes the test set).
@@ -26,13 +32,17 @@ Sources (``task.params.data.kind``):
   ``*.lsn``; lines ``<s> TEXT </s> (fileid)`` or ``TEXT (fileid)``) whose ``fileid.wav`` lies beside it; the
   speaker is the folder. A smoke test of the real-audio path (10 utterances: ``cards`` and ``librivox``).
 
+A transcript with a control character (other than tab, newline and carriage return) is refused by every reader,
+naming its line or row: it is the rule :func:`transcript_problem` that the task's label check applies too.
+
 ``test_path`` names a separate test set of the same kind; without one, a seeded ``test_fraction`` is held out
 (``split_by_speaker``: whole speakers, utterances without a speaker each count as their own). ``limit`` keeps a
 seeded subset of the pool. All randomness comes from ``numpy.random.default_rng`` streams of the seed
 (:func:`activelab.protocol.rng_for`), so the split is deterministic and disjoint.
 
 Every audio file that ends up in the pool or the test set is checked up front with ``soundfile.info`` (readable,
-not empty, its rate, ``max_seconds``). All problems in a manifest are collected and raised as one
+not empty, its rate, ``max_seconds``), and a floating-point file's samples are read to refuse NaN or infinity
+(:func:`read_audio` refuses them too). All problems in a manifest are collected and raised as one
 :class:`ManifestError` whose one-line message is the first problem plus ``(and N more problems)``; each problem
 names the manifest file and line (``data/m.jsonl:7: missing "text"``).
 """
@@ -51,10 +61,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from activelab.errors import ProblemsError, UserError
 from activelab.protocol import rng_for
+from activelab.text import control_character
 
 FIELD = "task.params.data"        # where these settings live in a recipe; user errors name it
 POCKETSPHINX_DIR = "/usr/share/pocketsphinx/test/data"
@@ -80,14 +92,25 @@ class SpeechData:
     sample_rate: int
 
 
+class GenerateConfig(BaseModel):
+    """The spoken-commands demo set (:mod:`.synth`) to make on first use: the arguments of
+    ``python -m activelab.plugins.speech.synth FOLDER --utterances N --test-utterances M --seed S``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    utterances: int = Field(ge=1)                 # pool (train.jsonl) utterances
+    test_utterances: int = Field(ge=1)            # test.jsonl utterances
+    seed: int = 0
+
+
 class SpeechDataConfig(BaseModel):
     """Where the recordings come from, how they are split and checked."""
 
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["manifest", "hf_disk", "audiofolder", "pocketsphinx"] = "manifest"
-    path: str | None = None           # manifest file, saved HF dataset folder, audiofolder, pocketsphinx data folder
-    test_path: str | None = None      # a held-out set of the same kind; None = split off test_fraction
+    path: Path | None = None          # manifest file, saved HF dataset folder, audiofolder, pocketsphinx data folder
+    test_path: Path | None = None     # a held-out set of the same kind; None = split off test_fraction
     split: str | None = None          # hf_disk: the pool split of a DatasetDict (default "train")
     test_fraction: float = Field(0.2, gt=0, lt=1)
     split_by_speaker: bool = False    # hold out whole speakers
@@ -97,6 +120,34 @@ class SpeechDataConfig(BaseModel):
     limit: int | None = Field(None, ge=1)           # at most this many pool utterances (seeded subset)
     audio_column: str = "audio"       # hf_disk
     text_column: str = "text"         # hf_disk
+    # kind manifest: when path (a train.jsonl) is missing, make the spoken-commands set in its folder first
+    generate: GenerateConfig | None = None
+
+    @field_validator("path", "test_path", mode="before")
+    @classmethod
+    def _a_path(cls, value: object) -> object:
+        """A filesystem path, ``~`` expanded; an empty string is refused (``Path("")`` would be the working folder)."""
+        if isinstance(value, str) and not value.strip():
+            raise PydanticCustomError("empty_path", "must not be empty (leave it out instead)")
+        return Path(value).expanduser() if isinstance(value, (str, os.PathLike)) else value
+
+    @field_validator("generate")
+    @classmethod
+    def _generate_needs_a_train_manifest(cls, value: GenerateConfig | None, info: ValidationInfo):
+        if value is None or not {"kind", "path", "test_path"} <= set(info.data):
+            return value                      # a field it depends on has its own error
+        kind, path, test_path = info.data["kind"], info.data["path"], info.data["test_path"]
+        if kind != "manifest":
+            raise PydanticCustomError("generate", "only for kind manifest (got kind {kind})", {"kind": kind})
+        if path is None or path.name != "train.jsonl":
+            raise PydanticCustomError(
+                "generate", "makes train.jsonl and test.jsonl in one folder: path must name its train.jsonl "
+                "(got {path})", {"path": str(path) if path else "no path"})
+        if test_path is not None and os.path.abspath(test_path) != os.path.abspath(path.parent / "test.jsonl"):
+            raise PydanticCustomError(
+                "generate", "makes the test set as {want}: test_path must be that file or left out (got {got})",
+                {"want": str(path.parent / "test.jsonl"), "got": str(test_path)})
+        return value
 
 
 class ManifestError(ProblemsError):
@@ -109,6 +160,14 @@ _SPACE = re.compile(r"\s+")
 def normalise_transcript(text: str) -> str:
     """Unicode NFC, lower case, runs of whitespace to one space, no leading or trailing space."""
     return _SPACE.sub(" ", unicodedata.normalize("NFC", text).lower()).strip()
+
+
+def transcript_problem(text: str) -> str | None:
+    """Why ``text`` can never be a transcript label, or None: the one rule the data readers and
+    ``RecognitionTask.check_label`` share, so a transcript a reader accepts is never refused while labelling.
+    Today: a control character other than tab, newline and carriage return (those normalise to a space)."""
+    bad = control_character(text, allow="\t\n\r")
+    return None if bad is None else f"it contains a control character ({bad})"
 
 
 # ------------------------------------------------------------------------------------------ manifests
@@ -146,9 +205,33 @@ def _records(path: Path, problems: list[str]) -> list[tuple[str, dict | str]]:
         raise ManifestError([f"{path}:{line}: not UTF-8 ({exc.reason})"]) from None
     out: list[tuple[str, dict | str]] = []
     if path.suffix.lower() == ".csv":
-        reader = csv.reader(io.StringIO(text, newline=""))
+        # strict: a stray quote is an error instead of text; and a record must lie on one line, since an
+        # unterminated quote otherwise makes one field of every line after it (the rows are silently lost)
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
         header: list[str] | None = None
-        for row in reader:
+        rows = iter(reader)
+        while True:
+            start = reader.line_num + 1          # the line this record begins on
+            try:
+                row = next(rows)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                where = f"{path}:{start}"
+                if str(exc) == "unexpected end of data":
+                    problem = ("unterminated quote: the quoted field that starts on this line runs to the end of "
+                               "the file")
+                elif reader.line_num > start:
+                    problem = (f"unterminated quote? the quoted field that starts on this line runs on to line "
+                               f"{reader.line_num} and breaks there ({exc})")
+                else:
+                    problem = f"malformed CSV ({exc})"
+                out.append((where, f"{where}: {problem}"))
+                return out                      # the reader cannot tell where the next record starts
+            if reader.line_num > start:
+                out.append((f"{path}:{start}", f"{path}:{start}: unterminated quote? a quoted field runs over lines "
+                            f"{start}-{reader.line_num} (every record must be on one line)"))
+                continue
             if not any(cell.strip() for cell in row):
                 continue
             if header is None:
@@ -167,7 +250,9 @@ def _records(path: Path, problems: list[str]) -> list[tuple[str, dict | str]]:
                 continue
             out.append((where, {k: v for k, v in zip(header, row)}))
         return out
-    for number, line in enumerate(text.splitlines(), start=1):
+    # lines end at "\n" only: str.splitlines would also split inside a JSON string at U+2028, U+0085, ...
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -175,6 +260,9 @@ def _records(path: Path, problems: list[str]) -> list[tuple[str, dict | str]]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             out.append((where, f"{where}: not valid JSON ({exc.msg})"))
+            continue
+        except RecursionError:
+            out.append((where, f"{where}: JSON nested too deeply to read"))
             continue
         if not isinstance(record, dict):
             out.append((where, f"{where}: not a JSON object (found {type(record).__name__})"))
@@ -212,6 +300,9 @@ def _read_rows(path: Path, problems: list[str]) -> list[_Row]:
             bad = True
         elif not isinstance(text, str):
             problems.append(f'{where}: "{text_key}" must be a string, found {type(text).__name__}')
+            bad = True
+        elif problem := transcript_problem(text):
+            problems.append(f'{where}: "{text_key}" {text[:60]!r}: {problem}')
             bad = True
         elif not normalise_transcript(text):
             problems.append(f'{where}: empty transcript')
@@ -254,9 +345,19 @@ def _soundfile_message(exc: Exception) -> str:
     return " ".join(str(text).split())
 
 
+def _non_finite(samples: np.ndarray) -> str | None:
+    bad = int(np.count_nonzero(~np.isfinite(samples)))
+    return f"{bad} of {samples.size} samples are not finite (NaN or infinity)" if bad else None
+
+
+# the only sample formats that can hold NaN or infinity; integer PCM and the like cannot
+FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
+
+
 def audio_problem(path: Path, sample_rate: int, resample: bool, max_seconds: float | None,
                   shown: str | None = None) -> str | None:
-    """Why ``path`` cannot be used (unreadable, empty, wrong rate, too long), or None; cheap: reads the header."""
+    """Why ``path`` cannot be used (unreadable, empty, wrong rate, too long, non-finite samples), or None; cheap:
+    reads the header, and the samples only of a floating-point file (the only kind that can hold NaN)."""
     import soundfile as sf
     shown = shown or str(path)
     try:
@@ -270,7 +371,28 @@ def audio_problem(path: Path, sample_rate: int, resample: bool, max_seconds: flo
     if max_seconds is not None and info.frames / info.samplerate > max_seconds:
         return (f"{shown}: {info.frames / info.samplerate:.2f} s long, more than max_seconds {max_seconds:g} "
                 f"(raise max_seconds or drop the file)")
+    if info.subtype in FLOAT_SUBTYPES:
+        try:
+            samples, _ = sf.read(str(path), dtype="float32", always_2d=True)
+        except Exception as exc:
+            return f"{shown}: unreadable audio (soundfile: {_soundfile_message(exc)})"
+        problem = _non_finite(samples)
+        if problem:
+            return f"{shown}: {problem}"
     return None
+
+
+def audio_fingerprint(path: Path) -> list[int]:
+    """[bytes, frames, sample rate, channels] of an audio file: what a data fingerprint records of it (a header
+    read, no samples); a file that went missing or broke since it was checked is a UserError naming it."""
+    import soundfile as sf
+    try:
+        size = os.stat(path).st_size
+        info = sf.info(str(path))
+    except Exception as exc:
+        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else _soundfile_message(exc)
+        raise UserError(f"{path}: cannot read audio ({message})") from None
+    return [int(size), int(info.frames), int(info.samplerate), int(info.channels)]
 
 
 def read_audio(path: Path, sample_rate: int, resample: bool = True) -> torch.Tensor:
@@ -283,6 +405,9 @@ def read_audio(path: Path, sample_rate: int, resample: bool = True) -> torch.Ten
         raise UserError(f"{path}: unreadable audio (soundfile: {_soundfile_message(exc)})") from None
     if data.shape[0] == 0:
         raise UserError(f"{path}: empty audio (0 samples)")
+    problem = _non_finite(data)
+    if problem:
+        raise UserError(f"{path}: {problem}")
     wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]))
     if rate != sample_rate:
         if not resample:
@@ -293,14 +418,20 @@ def read_audio(path: Path, sample_rate: int, resample: bool = True) -> torch.Ten
 
 
 # ------------------------------------------------------------------------------------------ sources
-def _need_path(value: str | None, name: str, kind: str, folder: bool) -> Path:
+def _need_path(value: Path | None, name: str, kind: str, folder: bool) -> Path:
     if not value:
         raise UserError(f"{FIELD}.{name}: required for kind {kind}")
     path = Path(value).expanduser()
     if folder and not path.is_dir():
         raise UserError(f"{FIELD}.{name}: {path}: folder not found")
     if not folder and not path.is_file():
-        raise UserError(f"{FIELD}.{name}: {path}: file not found")
+        hint = ""
+        if kind == "manifest" and path.parent.name == "spoken_commands" and path.name in ("train.jsonl", "test.jsonl"):
+            from .synth import DEMO_TEST_UTTERANCES, DEMO_UTTERANCES, command
+            hint = (f"; the spoken-commands demo data is made by `"
+                    f"{command(path.parent, DEMO_UTTERANCES, DEMO_TEST_UTTERANCES)}`, or on first use with "
+                    f"{FIELD}.generate: {{utterances: {DEMO_UTTERANCES}, test_utterances: {DEMO_TEST_UTTERANCES}}}")
+        raise UserError(f"{FIELD}.{name}: {path}: file not found{hint}")
     return path
 
 
@@ -382,6 +513,9 @@ def _hf_rows(ds, cfg: SpeechDataConfig, where: str, base: Path, problems: list[s
         if not isinstance(text, str) or not normalise_transcript(text):
             problems.append(f"{here}: empty or non-text transcript ({text!r})")
             continue
+        if problem := transcript_problem(text):
+            problems.append(f"{here}: transcript {text[:60]!r}: {problem}")
+            continue
         file: Path | None = None
         if isinstance(item, str):
             file = _hf_path(base, item)
@@ -411,7 +545,7 @@ def _hf_rows(ds, cfg: SpeechDataConfig, where: str, base: Path, problems: list[s
     return rows
 
 
-def _hf_disk(value: str | None, name: str, cfg: SpeechDataConfig, problems: list[str],
+def _hf_disk(value: Path | None, name: str, cfg: SpeechDataConfig, problems: list[str],
              as_test: bool = False) -> tuple[list[_Row], list[_Row] | None]:
     try:
         import datasets
@@ -452,12 +586,14 @@ def parse_sphinx_transcription(path: Path) -> list[tuple[str, str, int]]:
     out = []
     for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         match = _SPHINX_LINE.match(line.strip())
+        if match and (problem := transcript_problem(match.group(1))):
+            raise UserError(f"{path}:{number}: transcript {match.group(1)[:60]!r}: {problem}")
         if match:
             out.append((match.group(2), normalise_transcript(_SPHINX_TAG.sub(" ", match.group(1))), number))
     return out
 
 
-def _pocketsphinx(value: str | None) -> list[_Row]:
+def _pocketsphinx(value: Path | None) -> list[_Row]:
     root = Path(value or POCKETSPHINX_DIR).expanduser()
     if not root.is_dir():
         if value:
@@ -508,7 +644,7 @@ def _split(rows: list[_Row], cfg: SpeechDataConfig, rng: np.random.Generator) ->
     return [r for i, r in enumerate(rows) if i not in test], [r for i, r in enumerate(rows) if i in test]
 
 
-def _rows_for(value: str | None, name: str, cfg: SpeechDataConfig, problems: list[str],
+def _rows_for(value: Path | None, name: str, cfg: SpeechDataConfig, problems: list[str],
               as_test: bool = False) -> tuple[list[_Row], list[_Row] | None]:
     if cfg.kind == "manifest":
         return _read_rows(_need_path(value, name, "manifest", folder=False), problems), None
@@ -520,9 +656,32 @@ def _rows_for(value: str | None, name: str, cfg: SpeechDataConfig, problems: lis
     return _pocketsphinx(value), None
 
 
+def _generate_if_asked(cfg: SpeechDataConfig) -> None:
+    """``generate``: make the spoken-commands set in the manifest's folder when the manifests are not there (a
+    progress line on stderr; atomic, see :func:`.synth.make_on_first_use`). A folder made by the generator
+    with other settings than the recipe's is refused rather than used."""
+    if cfg.generate is None:
+        return
+    from . import synth
+    gen = cfg.generate
+    folder = cfg.path.parent
+    wanted = [cfg.path] + ([cfg.test_path] if cfg.test_path else [])
+    settings = synth.make_settings(gen.utterances, gen.test_utterances, gen.seed)
+    if all(p.is_file() for p in wanted):
+        made = synth.read_settings(folder)
+        if made is not None and made != settings:
+            raise UserError(f"{FIELD}.generate: {folder} holds spoken commands made with {synth.describe(made)}, "
+                            f"the recipe asks for {synth.describe(settings)}; delete the folder to make them again "
+                            f"or change generate to match")
+        return
+    synth.make_on_first_use(folder, gen.utterances, gen.test_utterances, gen.seed)
+
+
 def load_speech_data(cfg: SpeechDataConfig, seed: int) -> SpeechData:
-    """Read the configured source, split off a test set when it has none (seeded), apply ``limit`` (seeded), and
-    check every chosen audio file's header; all problems are raised together as one :class:`ManifestError`."""
+    """Read the configured source (made first if ``generate`` asks for it), split off a test set when it has none
+    (seeded), apply ``limit`` (seeded), and check every chosen audio file's header (and a floating-point file's
+    samples); all problems are raised together as one :class:`ManifestError`."""
+    _generate_if_asked(cfg)
     problems: list[str] = []
     pool, test = _rows_for(cfg.path, "path", cfg, problems)
     if cfg.test_path:

@@ -18,6 +18,10 @@ a random stream of (seed, split, utterance number), and espeak-ng and sox (``-R`
 arguments give the same files; the test phrases come from their own stream, so many are word combinations the
 training set never has. Run again with the same arguments on a complete folder: "up to date". The espeak-ng and
 sox calls run in a pool of 2 threads.
+
+A speech recipe can instead ask for the set on first use (``task.params.data.generate``): then
+:func:`make_on_first_use` writes it into a temporary folder beside the target and renames that into place, so a
+run killed mid-way never leaves a folder that looks complete.
 """
 from __future__ import annotations
 
@@ -26,8 +30,10 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,6 +47,7 @@ from activelab.protocol import rng_for
 VERSION = 1
 SAMPLE_RATE = 16000
 INSTALL = "espeak-ng and sox are needed to make the spoken-commands data: sudo apt-get install espeak-ng sox"
+DEMO_UTTERANCES, DEMO_TEST_UTTERANCES = 1200, 200   # the speech demo's set (recipes/*_asr.yaml, README)
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 COLOURS = ["red", "green", "blue", "yellow", "black", "white"]
@@ -150,11 +157,30 @@ def synthesise(spec: Spec, seed: int, split: str) -> np.ndarray:
     return np.clip(wave, -1.0, 1.0).astype(np.float32)
 
 
-def _settings(utterances: int, test_utterances: int, seed: int) -> dict:
+def make_settings(utterances: int, test_utterances: int, seed: int) -> dict:
     if utterances < 1 or test_utterances < 1:
         raise UserError(f"--utterances and --test-utterances must be >= 1 (got {utterances}, {test_utterances})")
     return {"generator": "spoken_commands", "version": VERSION, "utterances": int(utterances),
             "test_utterances": int(test_utterances), "seed": int(seed), "sample_rate": SAMPLE_RATE}
+
+
+def read_settings(out_dir: Path) -> dict | None:
+    """The settings a complete set in ``out_dir`` was made with (its ``synth.json``), or None when there is none."""
+    try:
+        made = json.loads((Path(out_dir) / "synth.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return made if isinstance(made, dict) and made.get("generator") == "spoken_commands" else None
+
+
+def describe(settings: dict) -> str:
+    return ", ".join(f"{k} {settings.get(k)}" for k in ("utterances", "test_utterances", "seed", "version"))
+
+
+def command(out_dir: Path | str, utterances: int, test_utterances: int, seed: int = 0) -> str:
+    """The shell command that makes this set."""
+    return (f"python -m activelab.plugins.speech.synth {out_dir} --utterances {utterances} "
+            f"--test-utterances {test_utterances}" + (f" --seed {seed}" if seed else ""))
 
 
 def is_up_to_date(out_dir: Path, settings: dict) -> bool:
@@ -181,7 +207,7 @@ def make_spoken_commands(out_dir: Path | str, utterances: int = 500, test_uttera
     """Write the spoken-commands set to ``out_dir`` (see the module doc) unless it is already there; returns it."""
     import soundfile as sf
     out_dir = Path(out_dir)
-    settings = _settings(utterances, test_utterances, seed)
+    settings = make_settings(utterances, test_utterances, seed)
     if is_up_to_date(out_dir, settings):
         return out_dir
     missing = [tool for tool in ("espeak-ng", "sox") if shutil.which(tool) is None]
@@ -214,6 +240,77 @@ def make_spoken_commands(out_dir: Path | str, utterances: int = 500, test_uttera
     return out_dir
 
 
+_PARTIAL = ".partial."
+
+
+def _partial_prefix(out_dir: Path) -> str:
+    return f".{out_dir.name}{_PARTIAL}{socket.gethostname()}."
+
+
+def _remove_abandoned(out_dir: Path) -> None:
+    """Delete temporary folders that an interrupted :func:`make_on_first_use` on this machine left beside
+    ``out_dir`` (their process is gone); a generation still running keeps its folder."""
+    prefix = _partial_prefix(out_dir)
+    for entry in out_dir.parent.iterdir():
+        if not (entry.name.startswith(prefix) and entry.is_dir()):
+            continue
+        pid = entry.name[len(prefix):].split(".")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue                                       # still running
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue                                       # running under another user
+
+
+def make_on_first_use(out_dir: Path | str, utterances: int, test_utterances: int, seed: int = 0,
+                      log=None) -> Path:
+    """Make the set in ``out_dir`` unless it is there (complete, with these settings), atomically: it is written
+    into a temporary folder beside ``out_dir`` (``.NAME.partial.HOST.PID.*``) and renamed into place, so an
+    interrupted run leaves no folder that looks complete (the next one deletes the leftover). ``out_dir`` may
+    exist only when empty. Writes a line to stderr (``log``) before and after, since it takes a while."""
+    out_dir = Path(out_dir)
+    settings = make_settings(utterances, test_utterances, seed)
+    if is_up_to_date(out_dir, settings):
+        return out_dir
+    if out_dir.exists() and not (out_dir.is_dir() and not any(out_dir.iterdir())):
+        raise UserError(f"{out_dir}: exists but does not hold the complete spoken-commands set ({describe(settings)}): "
+                        f"an interrupted `synth` run or other files; delete it to make the set again")
+    missing = [tool for tool in ("espeak-ng", "sox") if shutil.which(tool) is None]
+    if missing:
+        raise UserError(f"{' and '.join(missing)} not found; {INSTALL}")
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    parent = Path(os.path.abspath(out_dir)).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(Path(os.path.abspath(out_dir)))
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_partial_prefix(out_dir)}{os.getpid()}.", dir=parent))
+    except OSError as exc:
+        raise UserError(f"{out_dir}: cannot make the folder: {exc.strerror or exc}") from None
+    log(f"activelab: making the spoken-commands data in {out_dir} ({utterances} + {test_utterances} utterances, "
+        f"once; about {max(1, round((utterances + test_utterances) / 45))} s) ...")
+    start = time.perf_counter()
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)                        # mkdtemp made it private
+        make_spoken_commands(tmp, utterances, test_utterances, seed)
+        try:
+            os.rename(tmp, out_dir)                         # replaces an empty folder; never a non-empty one
+        except OSError as exc:
+            if not is_up_to_date(out_dir, settings):        # else another process made the same set first
+                raise UserError(f"{out_dir}: cannot put the new data in place: {exc.strerror or exc}") from None
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"activelab: made {out_dir} in {time.perf_counter() - start:.1f} s")
+    return out_dir
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m activelab.plugins.speech.synth",
                                      description="Write spoken commands (espeak-ng + sox) as a speech manifest set.")
@@ -224,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        if is_up_to_date(args.out_dir, _settings(args.utterances, args.test_utterances, args.seed)):
+        if is_up_to_date(args.out_dir, make_settings(args.utterances, args.test_utterances, args.seed)):
             print(f"{args.out_dir}: up to date")
             return 0
         make_spoken_commands(args.out_dir, args.utterances, args.test_utterances, args.seed)

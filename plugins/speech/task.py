@@ -24,9 +24,10 @@ second): the module's ranking quality in every round.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
-import unicodedata
 from functools import lru_cache
 from typing import Any, Collection, Iterator, Literal, Mapping, Sequence
 
@@ -41,7 +42,8 @@ from tqdm.auto import tqdm
 from activelab.errors import UserError
 from activelab.protocol import MC, Context, Env, ItemId, rng_for, seed_for
 
-from .data import SpeechDataConfig, Utterance, load_speech_data, normalise_transcript, read_audio
+from .data import (SpeechDataConfig, Utterance, audio_fingerprint, load_speech_data, normalise_transcript,
+                   read_audio, transcript_problem)
 from .model import CTCModel, LogMel, ctc_losses, greedy_decode, posterior_statistics, ranking_loss
 
 PREDICTED_LOSS = "predicted_loss"                  # (B,) the module's raw-loss head
@@ -108,6 +110,8 @@ class RecognitionTask:
     outputs = frozenset({PREDICTED_LOSS, PREDICTED_LOSS_NORM, CTC_LEAST_CONFIDENCE, CTC_ENTROPY, DURATION})
     primary_metric = "wer"
     lower_is_better = frozenset({"wer", "cer"})
+    metrics = ("wer", "cer", "spearman_raw", "spearman_norm", "train_ctc", "train_rank", "n_train", "vocab",
+               "train_seconds")
     query_type = "pool"
 
     def __init__(self, config: RecognitionConfig, env: Env):
@@ -154,6 +158,16 @@ class RecognitionTask:
     # ------------------------------------------------------------------------------------------ protocol
     def pool_ids(self) -> Sequence[ItemId]:
         return [u.id for u in self.pool]
+
+    def data_fingerprint(self) -> str:
+        """SHA-256 (hex) over every pool and test utterance, in order: its id, transcript and audio (the file's
+        size, sample count, rate and channels: a header read per file, cheap for thousands). The core refuses to
+        resume a run whose data changed."""
+        digest = hashlib.sha256()
+        for split, utts in (("pool", self.pool), ("test", self.test)):
+            for u in utts:
+                digest.update(json.dumps([split, u.id, u.transcript, audio_fingerprint(u.path)]).encode() + b"\n")
+        return digest.hexdigest()
 
     def _new_model(self, vocab_size: int, seed: int) -> CTCModel:
         lp = self.cfg.loss_prediction
@@ -303,8 +317,9 @@ class RecognitionTask:
             raise ValueError(f"unknown item {item_id!r} (not in the pool)")
         if not isinstance(value, str):
             raise ValueError(f"invalid transcript {value!r}: a transcript is text")
-        if any(unicodedata.category(c) == "Cc" and c not in "\t\n\r" for c in value):
-            raise ValueError(f"invalid transcript {value!r}: it contains control characters")
+        problem = transcript_problem(value)          # the rule the data readers apply too
+        if problem:
+            raise ValueError(f"invalid transcript {value!r}: {problem}")
         text = normalise_transcript(value)
         if not text:
             raise ValueError("empty transcript: type what is said")
