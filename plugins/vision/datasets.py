@@ -35,6 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from activelab.errors import UserError
 from activelab.protocol import rng_for
 
+from . import images as image_io
+from .paths import DataPath
+
 FIELD = "task.params.data"      # where these settings live in a recipe; user errors name it
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -48,8 +51,8 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["digits", "imagefolder", "hf_disk", "mnist", "fashion_mnist"] = "digits"
-    path: str | None = None             # imagefolder root, hf_disk folder, fashion_mnist folder, mnist .pkl.gz
-    test_path: str | None = None        # imagefolder only: a separate folder of test images
+    path: DataPath | None = None        # imagefolder root, hf_disk folder, fashion_mnist folder, mnist .pkl.gz
+    test_path: DataPath | None = None   # imagefolder only: a separate folder of test images
     test_fraction: float = Field(0.25, gt=0, lt=1)  # held out when the source has no test split of its own
     image_size: int = Field(32, ge=4)   # imagefolder / hf_disk: images are resized to image_size x image_size
     channels: Literal[1, 3] = 1         # imagefolder / hf_disk: 1 = grayscale, 3 = RGB
@@ -122,30 +125,18 @@ def load_digits() -> tuple[ImageSet, ImageSet | None, list[str]]:
 
 
 def read_image(path: Path, size: int, channels: int, where: str) -> np.ndarray:
-    """One image file as float32 C x H x W in [0, 1]; a file PIL cannot read is a UserError naming it."""
-    from PIL import Image
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
-            array = np.asarray(img, dtype=np.float32) / 255.0
-    except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError ...
-        raise UserError(f"{where}: cannot read image {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
-    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+    """One image file as float32 C x H x W in [0, 1] (16-bit and float files scaled, see :mod:`.images`); a file
+    PIL cannot read, or whose values have no scale, is a UserError naming it."""
+    return image_io.read_image(path, channels, where, size=(size, size))
 
 
 def pil_to_array(img, size: int, channels: int) -> np.ndarray:
+    """A dataset's image (a PIL image or an array) as float32 C x H x W in [0, 1]; :class:`.images.ImageDepthError`
+    for values with no scale."""
     from PIL import Image
     if not isinstance(img, Image.Image):
-        array = np.asarray(img)
-        if array.dtype != np.uint8:
-            scale = 255.0 if array.size and float(array.max()) <= 1.0 else 1.0
-            array = np.clip(array.astype(np.float32) * scale, 0, 255).astype(np.uint8)
-        if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
-            array = array.transpose(1, 2, 0)          # C x H x W -> H x W x C
-        img = Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[-1] == 1 else array)
-    img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
-    array = np.asarray(img, dtype=np.float32) / 255.0
-    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+        img = image_io.array_image(img)
+    return image_io.to_array(img, channels, size=(size, size))
 
 
 def scan_folder(root: Path, where: str, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
@@ -245,11 +236,20 @@ def load_hf_disk(cfg: DataConfig) -> tuple[ImageSet, ImageSet | None, list[str]]
             raise UserError(f"{FIELD}.label_column: '{cfg.label_column}' has values that are not classes "
                             f"({', '.join(unknown[:5])}); classes: {', '.join(classes)}")
         labels = np.asarray([index[v] for v in values], dtype=np.int64)
-        try:
-            images = np.stack([pil_to_array(img, cfg.image_size, cfg.channels) for img in ds[cfg.image_column]])
-        except Exception as exc:
-            raise UserError(f"{FIELD}.image_column: '{cfg.image_column}' does not hold images "
-                            f"({type(exc).__name__}: {exc})".splitlines()[0]) from None
+        arrays = []
+        for row, img in enumerate(ds[cfg.image_column]):
+            try:
+                arrays.append(pil_to_array(img, cfg.image_size, cfg.channels))
+            except image_io.ImageDepthError as exc:
+                raise UserError(f"{FIELD}.image_column: {path}: '{cfg.image_column}' of row {row} of the "
+                                f"{'test split' if prefix else 'dataset'}: {exc}".splitlines()[0]) from None
+            except Exception as exc:
+                raise UserError(f"{FIELD}.image_column: '{cfg.image_column}' does not hold images "
+                                f"({type(exc).__name__}: {exc})".splitlines()[0]) from None
+        if not arrays:
+            raise UserError(f"{FIELD}.image_column: '{cfg.image_column}' of the "
+                            f"{'test split' if prefix else 'dataset'} at {path} holds no images")
+        images = np.stack(arrays)
         return ImageSet(torch.from_numpy(images), labels, [f"{prefix}{i}" for i in range(len(labels))])
 
     return convert(pool_ds, ""), None if test_ds is None else convert(test_ds, "test/"), classes

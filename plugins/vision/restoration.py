@@ -38,6 +38,8 @@ CPU (tested).
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -56,6 +58,8 @@ from activelab.errors import UserError
 from activelab.protocol import MC, Context, Env, ItemId, rng_for
 
 from .corruptions import LEVELS, corrupt
+from .images import read_image, to_array
+from .paths import DataPath
 
 FIELD = "task.params.data"
 LEVEL_PSNR = "level_psnr"       # predict(): PSNR of each level (generator) on the validation split
@@ -89,7 +93,7 @@ class RestorationData(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["skimage", "folder"] = "skimage"
-    path: str | None = None             # folder: searched recursively for image files
+    path: DataPath | None = None        # folder: searched recursively for image files
     names: list[str] | None = None      # skimage: which images (default: the bundled photographs)
     channels: Literal[1, 3] = 3         # 1 = grayscale (the paper's denoising), 3 = RGB
     scale: float = Field(0.5, gt=0, le=4)   # every image is resized by this factor before cropping
@@ -107,13 +111,9 @@ class Images:
 
 
 def _to_array(img, channels: int, scale: float):
-    from PIL import Image
-    img = img.convert("L" if channels == 1 else "RGB")
-    if scale != 1.0:
-        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-        img = img.resize(size, Image.BILINEAR)
-    array = np.asarray(img, dtype=np.float32) / 255.0
-    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+    """A PIL image as float32 C x H x W in [0, 1], resized by ``scale`` (16-bit and float images scaled, see
+    :mod:`.images`)."""
+    return to_array(img, channels, scale=scale)
 
 
 def load_skimage(cfg: RestorationData) -> Images:
@@ -145,7 +145,6 @@ def load_skimage(cfg: RestorationData) -> Images:
 
 
 def load_folder(cfg: RestorationData) -> Images:
-    from PIL import Image
     if cfg.path is None:
         raise UserError(f"{FIELD}.path: kind folder needs the folder of images")
     root = Path(cfg.path).expanduser()
@@ -156,14 +155,7 @@ def load_folder(cfg: RestorationData) -> Images:
     if not files:
         raise UserError(f"{FIELD}.path: no images in {root} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, "
                         f"recursively)")
-    arrays = []
-    for file in files:
-        try:
-            with Image.open(file) as img:
-                img.load()
-                arrays.append(_to_array(img, cfg.channels, cfg.scale))
-        except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError ...
-            raise UserError(f"{FIELD}.path: cannot read image {file}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    arrays = [read_image(file, cfg.channels, f"{FIELD}.path", scale=cfg.scale) for file in files]
     return Images(arrays, [p.relative_to(root).as_posix() for p in files])
 
 
@@ -286,6 +278,9 @@ class RestorationTask:
     Config = RestorationConfig
     outputs = frozenset({LEVEL_PSNR, LEVEL_SSIM})
     primary_metric = "psnr_mean"
+    metrics = ("psnr_mean", "ssim_mean", "n_train", "train_loss",
+               *(f"{name}_level{level}" for name in ("psnr", "ssim", "psnr_input", "n")
+                 for level in range(1, LEVELS + 1)))
     query_type = "synthesis"
 
     def __init__(self, config: RestorationConfig, env: Env):
@@ -300,6 +295,7 @@ class RestorationTask:
             raise UserError(f"{FIELD}.scale: after scaling by {cfg.data.scale}, image(s) {', '.join(small[:5])} are "
                             f"smaller than crop_size {cfg.crop_size}")
         self.image_names = images.names
+        self._sources = images.arrays
         self.splits = split_images(len(images.arrays), cfg.data)
         self.train_images = [images.arrays[i] for i in self.splits["train"]]
         # the mean colour of the training images fills holes and removed pixels (the paper's fixed ImageNet mean)
@@ -506,6 +502,18 @@ class RestorationTask:
         plt.close(fig)
         os.replace(tmp, path)
         return path
+
+    def data_fingerprint(self) -> str:
+        """sha256 (hex) of the source images as loaded (names, then the decoded, scaled pixels of each, in order):
+        the crops of every split and every sample are drawn from them. The core refuses to resume a run whose
+        data changed."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps({"names": list(self.image_names)}).encode())
+        for array in self._sources:
+            array = np.ascontiguousarray(array, dtype="<f4")
+            digest.update(json.dumps(list(array.shape)).encode())
+            digest.update(array.data)
+        return digest.hexdigest()
 
     # ------------------------------------------------------------------------------------------ labels
     def true_label(self, item_id: ItemId) -> Any:

@@ -21,6 +21,7 @@ only uses those internally; walking a *parent* module, e.g. the detector, is una
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -103,7 +104,7 @@ class TinyBackbone(nn.Module):
         return self.fpn(outs)
 
 
-def _resnet_fpn(name: str, channels: int, weights_path: str | None) -> BackboneWithFPN:
+def _resnet_fpn(name: str, channels: int, weights_path: str | Path | None) -> BackboneWithFPN:
     pretrained = weights_path is not None
     norm = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
     resnet = getattr(torchvision.models, name)(weights=None, norm_layer=norm)
@@ -143,7 +144,7 @@ class TorchvisionAdapter(nn.Module):
         backbone: str = "tiny",
         channels: int | None = None,
         anchor_sizes=None,
-        weights_path: str | None = None,
+        weights_path: str | Path | None = None,
     ):
         super().__init__()
         if backbone not in BACKBONES:

@@ -50,6 +50,7 @@ import contextlib
 import copy
 import logging
 import math
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -143,7 +144,7 @@ class MMDetAdapter(nn.Module):
         backbone: str = "resnet50",
         channels: int | None = None,
         anchor_sizes=None,
-        weights_path: str | None = None,
+        weights_path: str | Path | None = None,
         *,
         round_anchors: bool = False,
         backbone_cfg: dict | None = None,
@@ -208,7 +209,7 @@ class MMDetAdapter(nn.Module):
         self._anchor_cache: dict[tuple, Tensor] = {}
 
     @staticmethod
-    def _load_resnet(resnet: nn.Module, weights_path: str) -> None:
+    def _load_resnet(resnet: nn.Module, weights_path: str | Path) -> None:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
         missing, _ = resnet.load_state_dict(state, strict=False)
         if missing:

@@ -12,13 +12,21 @@ Writes ``OUT_DIR/train.json`` and ``OUT_DIR/test.json`` (``file_name`` relative 
 the PNGs under ``OUT_DIR/images/`` and, last, ``OUT_DIR/synth.json`` with the arguments. A second run with the same
 arguments finds ``synth.json`` and the files and prints ``up to date``; an interrupted run has no ``synth.json``
 and is made again. The test canvases use source images disjoint from the pool's. Deterministic given the seed.
+
+A recipe can have the set made on first use instead (``task.params.data.generate`` with these arguments, see
+:mod:`.data`): :func:`make_atomically` writes the same files into a hidden temporary folder next to OUT_DIR and
+renames it into place, so a run killed while generating never leaves a set that looks complete.
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import re
+import secrets
+import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -137,6 +145,21 @@ def _settings(images: int, size: int, source: str, seed: int, test_images: int |
             "test_images": n_test}
 
 
+def settings(images: int = 800, size: int = 64, source: str = "digits", seed: int = 0,
+             test_images: int | None = None) -> dict:
+    """The settings a set made with these arguments records in its ``synth.json`` (UserError for bad ones)."""
+    return _settings(images, size, source, seed, test_images)
+
+
+def stored_settings(out_dir: Path) -> dict | None:
+    """The settings recorded in ``out_dir/synth.json``, or None when there is none (or it is unreadable)."""
+    try:
+        stored = json.loads((Path(out_dir) / "synth.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return stored.get("settings") if isinstance(stored, dict) and isinstance(stored.get("settings"), dict) else None
+
+
 def is_up_to_date(out_dir: Path, settings: dict) -> bool:
     """True when ``out_dir`` holds a complete set made with these settings (``synth.json`` is written last)."""
     out_dir = Path(out_dir)
@@ -193,6 +216,65 @@ def make_digit_canvases(out_dir: Path | str, images: int = 800, size: int = 64, 
         _write_atomic(out_dir / f"{split}.json", json.dumps({"info": info, **content, "categories": categories}))
     _write_atomic(out_dir / "synth.json", json.dumps({"settings": settings, "pool": n_pool, "test": n_test,
                                                       "objects": ann_id}, indent=2) + "\n")
+    return out_dir
+
+
+PARTIAL = ".partial-"             # infix of the temporary folders make_atomically writes in
+
+
+def _partial_prefix(out_dir: Path) -> str:
+    return f".{out_dir.name}{PARTIAL}{socket.gethostname()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:          # e.g. PermissionError: it exists, as another user's process
+        return True
+    return True
+
+
+def _remove_stale_partials(out_dir: Path) -> None:
+    """Delete the temporary folders that killed runs of :func:`make_atomically` on this host left next to
+    ``out_dir`` (their process is gone); folders of running processes and of other hosts are left alone."""
+    prefix = _partial_prefix(out_dir)
+    for folder in out_dir.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = folder.name[len(prefix):].split("-", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def make_atomically(out_dir: Path | str, images: int = 800, size: int = 64, source: Source = "digits", seed: int = 0,
+                    test_images: int | None = None) -> Path:
+    """Like :func:`make_digit_canvases`, but the set appears all at once or not at all: it is written into a hidden
+    temporary folder next to ``out_dir`` (``.<name>.partial-<host>-<pid>-<random>``) and renamed into place, so a
+    run killed while generating never leaves a folder that looks complete (its temporary folder is deleted by the
+    next call on this host). ``out_dir`` must not exist, or be an empty folder, unless it already holds this very
+    set (then nothing is done); when another process renames its copy into place first, that copy is used.
+    The files are byte for byte those of ``make_digit_canvases`` with the same arguments."""
+    out_dir = Path(out_dir)
+    wanted = _settings(images, size, source, seed, test_images)
+    if is_up_to_date(out_dir, wanted):
+        return out_dir
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserError(f"{out_dir}: exists and does not hold the generated set asked for; not overwritten")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out_dir)
+    tmp = out_dir.parent / f"{_partial_prefix(out_dir)}{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        make_digit_canvases(tmp, images, size, source, seed, test_images)
+        try:
+            os.rename(tmp, out_dir)     # atomic; replaces a missing or empty folder, fails on a non-empty one
+        except OSError:
+            if not is_up_to_date(out_dir, wanted):    # not another process's identical copy: report, keep nothing
+                raise UserError(f"{out_dir}: appeared while the set was generated and does not hold it; "
+                                f"not overwritten") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -60,9 +60,10 @@ from tqdm.auto import tqdm
 from activelab.errors import UserError
 from activelab.protocol import MC, Context, Env, ItemId, seed_for
 
+from ..paths import DataPath
 from . import miaod
 from .adapter import TorchvisionAdapter
-from .data import DetectionDataConfig, DetectionImage, load_detection_data, load_image
+from .data import DetectionData, DetectionDataConfig, DetectionImage, fingerprint, load_detection_data, load_image
 
 MIAOD_UNCERTAINTY = "miaod_uncertainty"            # (B,) mean of the top-k anchor discrepancies (official code)
 MIAOD_UNCERTAINTY_MIL = "miaod_uncertainty_mil"    # (B,) the same, weighted by the MIL instance weights (paper)
@@ -102,7 +103,7 @@ class DetectionConfig(BaseModel):
     adapter: Literal["torchvision", "mmdet"] = "torchvision"
     channels: int = Field(64, ge=8)           # FPN channels (RetinaNet: 256)
     anchor_sizes: list[float] | None = None   # one base size per FPN level (default: the adapter's)
-    weights_path: str | None = None           # a local torchvision ResNet state dict (nothing is downloaded)
+    weights_path: DataPath | None = None      # a local torchvision ResNet state dict (nothing is downloaded)
     # The card's head is 4 x (3x3 conv, 256); the CPU demo uses 2 x 64 (the recipes set 4 x 256 for VOC).
     head_convs: int = Field(2, ge=0)
     head_width: int = Field(64, ge=8)
@@ -150,6 +151,9 @@ class DetectionTask:
     Config = DetectionConfig
     outputs = OUTPUTS
     primary_metric = "mAP50"
+    metrics = ("mAP", "mAP50", "mAP75", "n_train", "n_unlabelled", "train_seconds",
+               *(f"{stage}_{part}" for stage in ("label", "min", "max")
+                 for part in ("det", "det_cls", "det_box", "mil", "mil_unlabelled", "dis", "loss")))
     query_type = "pool"
 
     def __init__(self, config: DetectionConfig, env: Env):
@@ -161,6 +165,7 @@ class DetectionTask:
                             f"weights: put a torchvision ResNet state dict there, or set weights_path: null)")
         data = load_detection_data(config.data, env.seed)
         self.classes = list(data.classes)
+        self.category_ids = list(data.category_ids)
         self.pool, self.test = data.pool, data.test
         self._index = {image.id: i for i, image in enumerate(self.pool)}
         self._class_index = {name: i for i, name in enumerate(self.classes)}
@@ -440,6 +445,11 @@ class DetectionTask:
             scores = [float(v) for chunk in self._predict(images, {MIAOD_UNCERTAINTY}) for v in chunk[MIAOD_UNCERTAINTY]]
         path.parent.mkdir(parents=True, exist_ok=True)
         return draw_selection(images, self.detections(images), self.classes, path, title=title, scores=scores)
+
+    def data_fingerprint(self) -> str:
+        """sha256 of the pool and test data (ids, annotations, image file sizes; see :func:`.data.fingerprint`):
+        the core refuses to resume a run whose data changed."""
+        return fingerprint(DetectionData(self.classes, self.category_ids, self.pool, self.test))
 
     # ------------------------------------------------------------------------------------------ labels
     def true_label(self, item_id: ItemId) -> list[dict[str, Any]]:
