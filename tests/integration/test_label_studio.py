@@ -1,27 +1,34 @@
 """Human-labelled rounds through a real Label Studio server (the label-studio package from PyPI).
 
-Excluded from the default run (``-m "not labelstudio"`` in pyproject's addopts) and skipped unless a
-``label-studio`` executable is found: ``$LABEL_STUDIO`` (a path), else ``label-studio`` on PATH. Label Studio pulls
-in Django and much else, so keep it out of activelab's venv::
+Part of the default run (CI included); deselect it with ``-m "not labelstudio"``. Label Studio pulls in Django,
+numpy, pandas and much else, so it never goes into activelab's venv: the module's fixture runs
+``scripts/labelstudio_venv.sh``, which builds a separate virtualenv at ``.cache/labelstudio-venv`` (git-ignored;
+``$LABEL_STUDIO_VENV`` moves it) with the label-studio release pinned there, or reuses it when its marker file says it
+is complete (an install killed half-way is rebuilt). That install needs PyPI and takes about a minute on a fresh
+machine, the server's first start (database migrations) one to two more; without network the test fails and says so.
+To use a Label Studio installed elsewhere instead, point ``$LABEL_STUDIO`` at its executable::
 
-    python3 -m venv /tmp/lsvenv && /tmp/lsvenv/bin/pip install label-studio
-    LABEL_STUDIO=/tmp/lsvenv/bin/label-studio OMP_NUM_THREADS=1 .venv/bin/pytest -m labelstudio tests/integration
+    LABEL_STUDIO=/opt/ls/bin/label-studio OMP_NUM_THREADS=1 .venv/bin/pytest -m labelstudio tests/integration
 
-The test starts the server on 127.0.0.1 with a throw-away data folder, an admin user and an API token, and serves
-the run's image previews through Label Studio's local-files storage. Round 0 and round 1 of a digits
-classification run with the ``exchange`` oracle then go through it: create a project from the exported config,
-import the exported tasks (round 1's with the model's suggestions as pre-annotations scored by the acquisition
-score), submit annotations through the API as a person would (one skipped), export the project as JSON and
-`activelab import` it; `activelab resume` then trains and runs the next round.
+The fixture starts the server on 127.0.0.1 (a free port) with a throw-away data folder, an admin user and an API
+token, telemetry, error reporting and the version check off and any other HTTP(S) traffic sent to a dead proxy, and
+stops it at the end of the module, also when the test fails. The run's image previews are served through Label
+Studio's local-files storage. Round 0 and round 1 of a digits classification run with the ``exchange`` oracle then go
+through it: create a project from the exported config, import the exported tasks (round 1's with the model's
+suggestions as pre-annotations scored by the acquisition score), submit annotations through the API as a person would
+(one skipped), export the project as JSON and `activelab import` it; `activelab resume` then trains and runs the next
+round.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
-import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -31,20 +38,73 @@ import pytest
 import yaml
 
 from activelab.cli import main
-from activelab.loop import status
+from activelab.run import status
 from activelab.plugins.vision.classification import ClassificationTask
 from activelab.protocol import Env
 
-EXECUTABLE = os.environ.get("LABEL_STUDIO") or shutil.which("label-studio")
-pytestmark = [pytest.mark.labelstudio,
-              pytest.mark.skipif(not EXECUTABLE or not Path(EXECUTABLE).exists(),
-                                 reason="no label-studio executable (set $LABEL_STUDIO or put label-studio on PATH)")]
+pytestmark = pytest.mark.labelstudio
 
+REPO = Path(__file__).resolve().parents[2]
+VENV_SCRIPT = REPO / "scripts" / "labelstudio_venv.sh"
+INSTALL_TIMEOUT_S = 1200
+START_TIMEOUT_S = 600
 TOKEN = "activelab-test-token-0123456789"
 PARAMS = {"data": {"kind": "digits", "max_pool": 60, "max_test": 30}, "epochs": 1, "min_steps": 2}
 
 
+def die_with_parent() -> None:
+    """In the child before exec: SIGTERM when pytest dies, even by SIGKILL (Linux), so no server outlives the run."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)         # PR_SET_PDEATHSIG
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 30) -> None:
+    """Stops a child started in a session of its own, and all it started: SIGTERM, SIGKILL after grace_s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(grace_s)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)                   # whatever is left of its process group
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def label_studio_executable() -> str:
+    """$LABEL_STUDIO when set, else the pinned install in .cache/labelstudio-venv (built here when missing)."""
+    given = os.environ.get("LABEL_STUDIO")
+    if given:
+        if not (os.path.isfile(given) and os.access(given, os.X_OK)):
+            pytest.fail(f"LABEL_STUDIO={given!r} is not an executable file")
+        return given
+    venv = Path(os.environ.get("LABEL_STUDIO_VENV") or REPO / ".cache" / "labelstudio-venv").absolute()
+    log_path = venv.with_name(venv.name + ".log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(["bash", str(VENV_SCRIPT)], cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
+                                env={**os.environ, "LABEL_STUDIO_VENV": str(venv), "PYTHON": sys.executable},
+                                start_new_session=True, preexec_fn=die_with_parent)
+        try:
+            out, _ = proc.communicate(timeout=INSTALL_TIMEOUT_S)
+            problem = None if proc.returncode == 0 else f"exit status {proc.returncode}"
+        except subprocess.TimeoutExpired:
+            problem = f"no result after {INSTALL_TIMEOUT_S} s"
+        finally:
+            if proc.poll() is None:                 # timed out or interrupted: not a half-install left running
+                stop(proc, grace_s=0)
+    lines = out.strip().splitlines() if problem is None else []
+    if problem or not lines or not os.access(lines[-1], os.X_OK):
+        pytest.fail(f"could not install Label Studio ({VENV_SCRIPT.relative_to(REPO)}: {problem or 'no executable'});"
+                    f" it needs PyPI, or set LABEL_STUDIO to an installed label-studio executable. "
+                    f"Log {log_path}:\n" + log_path.read_text()[-3000:], pytrace=False)
+    return lines[-1]
+
+
 class Server:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))     # straight to 127.0.0.1, never a proxy
+
     def __init__(self, base: str):
         self.base = base
 
@@ -52,44 +112,54 @@ class Server:
         request = urllib.request.Request(self.base + path, method=method,
                                          data=None if body is None else json.dumps(body).encode(),
                                          headers={"Authorization": f"Token {TOKEN}", "Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=120) as response:
+        with self.opener.open(request, timeout=120) as response:
             data = response.read()
         return data if raw else (json.loads(data) if data else None)
 
 
 @pytest.fixture(scope="module")
 def label_studio(tmp_path_factory):
+    executable = label_studio_executable()
     root = tmp_path_factory.mktemp("ls")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "HOME": str(root / "home"), "LABEL_STUDIO_BASE_DATA_DIR": str(root / "data"),
-           "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true", "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(root),
-           "LATEST_VERSION_CHECK": "false", "OMP_NUM_THREADS": "1"}
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen([EXECUTABLE, "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
-                             "--data-dir", str(root / "data"), "--username", "admin@example.com",
-                             "--password", "not-a-secret-123", "--user-token", TOKEN, "--enable-legacy-api-token"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    server = Server(f"http://127.0.0.1:{port}")
-    deadline = time.time() + 300
-    while True:
-        try:
-            server.call("GET", "/api/projects")
-            break
-        except (urllib.error.URLError, ConnectionError, OSError):
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"Label Studio did not start; see {root / 'server.log'}:\n"
-                            + (root / "server.log").read_text()[-3000:])
-            time.sleep(1)
-    yield server, root
-    proc.terminate()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env.update({"HOME": str(root / "home"), "LABEL_STUDIO_BASE_DATA_DIR": str(root / "data"),
+                "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true", "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(root),
+                "OMP_NUM_THREADS": "1",
+                # only 127.0.0.1: no version check, telemetry or error reports; any other HTTP(S) to a dead proxy
+                "LATEST_VERSION_CHECK": "false", "COLLECT_ANALYTICS": "false", "SENTRY_DSN": "",
+                "FRONTEND_SENTRY_DSN": "", "FEATURE_FLAGS_OFFLINE": "true",
+                "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+                "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+                "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"})
+    log_path = root / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([executable, "start", "--no-browser", "--internal-host", "127.0.0.1",
+                                 "--port", str(port), "--data-dir", str(root / "data"),
+                                 "--username", "admin@example.com", "--password", "not-a-secret-123",
+                                 "--user-token", TOKEN, "--enable-legacy-api-token"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root,
+                                start_new_session=True, preexec_fn=die_with_parent)
     try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        server = Server(f"http://127.0.0.1:{port}")
+        started = time.time()
+        while True:
+            try:
+                server.call("GET", "/api/projects")
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if proc.poll() is not None or time.time() > started + START_TIMEOUT_S:
+                    why = (f"exited with status {proc.returncode}" if proc.poll() is not None
+                           else f"did not answer within {START_TIMEOUT_S} s")
+                    pytest.fail(f"Label Studio ({executable}) {why}; {log_path}:\n" + log_path.read_text()[-3000:],
+                                pytrace=False)
+                time.sleep(1)
+        print(f"Label Studio {executable} up on port {port} after {time.time() - started:.0f} s")
+        yield server, root
+    finally:
+        stop(proc)
 
 
 def stored(run: Path) -> dict[str, int]:
