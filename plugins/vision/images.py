@@ -145,6 +145,7 @@ def read_image(path: str | Path, channels: int, where: str, *, size: tuple[int, 
     its path)."""
     from PIL import Image
     shown = name if name is not None else str(path)
+    shown = shown if shown.isprintable() else repr(shown)       # a line break in a name would cut the message
     try:
         with Image.open(path) as img:
             img.load()

@@ -20,4 +20,12 @@ def _not_empty(value: Any) -> Any:
     return value
 
 
-DataPath = Annotated[Path, BeforeValidator(_not_empty), AfterValidator(lambda path: path.expanduser())]
+def _expanded(path: Path) -> Path:
+    try:
+        return path.expanduser()
+    except RuntimeError:            # "~name/..." of an unknown user: Path.expanduser raises
+        raise PydanticCustomError("home_folder", "cannot expand ~ in {path}: no such user or no home folder",
+                                  {"path": str(path)}) from None
+
+
+DataPath = Annotated[Path, BeforeValidator(_not_empty), AfterValidator(_expanded)]

@@ -159,6 +159,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _shown(text: str, quote: bool = False) -> str:
+    """A name from the data as a message shows it: as it is (in quotes with ``quote``), or as a Python string literal
+    with escapes when it holds a line break or another unprintable character (a message is one line)."""
+    if not text.isprintable():
+        return repr(text)
+    return f"'{text}'" if quote else text
+
+
 def _is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -188,6 +196,8 @@ def _read_json(path: Path, where: str) -> dict:
         raise CocoError([f"{where}: JSON nested too deeply to read"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CocoError([f"{where}: cannot read: {exc}".splitlines()[0]]) from None
+    except ValueError:           # an integer longer than Python converts (sys.get_int_max_str_digits)
+        raise CocoError([f"{where}: not JSON (a number with too many digits)"]) from None
     if not isinstance(data, dict):
         raise CocoError([f"{where}: not a COCO annotation file (a JSON {type(data).__name__}, expected an object "
                          f"with 'images', 'annotations' and 'categories')"])
@@ -201,16 +211,26 @@ def _read_json(path: Path, where: str) -> dict:
     return data
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, but False where the system refuses to look the name up (too long, ...) instead of an
+    OSError: a file name in the data that is no file is a problem to report, not a crash."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _check_file(iid: int, name: str, path: Path, size: tuple[float, float] | None, where: str) -> str | None:
     """The problem with one image file (unreadable, values without a scale, or not the size of its record)."""
     try:
         width, height = check_image_file(path)
     except ImageDepthError as exc:
-        return f"{where}: image {iid}: file {name}: {exc}".splitlines()[0]
+        return f"{where}: image {iid}: file {_shown(name)}: {exc}".splitlines()[0]
     except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError ...
-        return f"{where}: image {iid}: file {name} cannot be read ({type(exc).__name__}: {exc})".splitlines()[0]
+        return (f"{where}: image {iid}: file {_shown(name)} cannot be read ({type(exc).__name__}: {exc})"
+                .splitlines()[0])
     if size is not None and (width, height) != (int(round(size[0])), int(round(size[1]))):
-        return (f"{where}: image {iid}: file {name} is {width}x{height} pixels but the annotation file says "
+        return (f"{where}: image {iid}: file {_shown(name)} is {width}x{height} pixels but the annotation file says "
                 f"{_fmt(size[0])}x{_fmt(size[1])}")
     return None
 
@@ -245,7 +265,8 @@ def _check(data: dict, where: str, folder: Path) -> tuple[list[str], dict[int, P
         if not isinstance(cat.get("name"), str) or not cat["name"]:
             problems.append(f"{where}: category {cid}: needs a 'name'")
         elif cat["name"] in names:
-            problems.append(f"{where}: category {cid}: name '{cat['name']}' is also category {names[cat['name']]}")
+            problems.append(f"{where}: category {cid}: name {_shown(cat['name'], quote=True)} is also category "
+                            f"{names[cat['name']]}")
         else:
             names[cat["name"]] = cid
         if cid in cat_ids:
@@ -281,12 +302,12 @@ def _check(data: dict, where: str, folder: Path) -> tuple[list[str], dict[int, P
             problems.append(f"{where}: image {iid}: needs a 'file_name'")
             continue
         if name in file_names:
-            problems.append(f"{where}: image {iid}: file name {name} is also used by image {file_names[name]}")
+            problems.append(f"{where}: image {iid}: file name {_shown(name)} is also used by image {file_names[name]}")
             continue
         file_names[name] = iid
         path = Path(os.path.normpath((folder / name).absolute()))
-        if not path.is_file():
-            problems.append(f"{where}: image {iid}: file {name} not found ({path})")
+        if not _is_file(path):
+            problems.append(f"{where}: image {iid}: file {_shown(name)} not found ({_shown(str(path))})")
         else:
             to_open.append((iid, name, path))
         paths[iid] = path
@@ -330,7 +351,7 @@ def _check(data: dict, where: str, folder: Path) -> tuple[list[str], dict[int, P
             continue
         if iid not in sizes:
             continue    # the image's size is already reported
-        width, height = sizes[iid]
+        width, height = (float(round(v)) for v in sizes[iid])    # in whole pixels, as the checked file is
         outside = [text for text, bad in (
             (f"x {_fmt(x)} < 0", x < -TOLERANCE), (f"y {_fmt(y)} < 0", y < -TOLERANCE),
             (f"x + width {_fmt(x + w)} > {_fmt(width)}", x + w > width + TOLERANCE),
@@ -446,7 +467,7 @@ def load_detection_data(cfg: DetectionDataConfig, seed: int) -> DetectionData:
             raise CocoError([f"{test_file}: categories differ from those of {pool_file} ({listed})"])
         shared = sorted({str(i.path) for i in pool} & {str(i.path) for i in test})
         if shared:
-            raise CocoError([f"{test_file}: image {p} is also in the pool file {pool_file}" for p in shared])
+            raise CocoError([f"{test_file}: image {_shown(p)} is also in the pool file {pool_file}" for p in shared])
     else:
         if cfg.test_images is not None:
             raise UserError(f"{FIELD}.test_images: only used with test_annotations")
