@@ -1,8 +1,9 @@
 """activelab: active learning for vision, language and speech.
 
-The core is the protocol (:mod:`activelab.protocol`), the loop that drives any task (:mod:`activelab.loop`), the
-durable label store (:mod:`activelab.store`), recipes (:mod:`activelab.recipe`) and the classic informativeness
-measures (:mod:`activelab.scorers`). Task plugins live under :mod:`activelab.plugins` and register through the
-``activelab.plugins`` entry-point group.
+The kernel is the protocol (:mod:`activelab.protocol`) with its optional hooks (:mod:`activelab.hooks`), the loop
+that drives any task (:mod:`activelab.loop`) in a run folder (:mod:`activelab.run`), the durable label store
+(:mod:`activelab.store`), pools, recipes, the plugin registry and the command line. Everything else registers
+through the ``activelab.plugins`` entry-point group: the core plugin's strategies (:mod:`activelab.strategies`)
+and labelling tools (:mod:`activelab.labelling`), and the task plugins under :mod:`activelab.plugins`.
 """
 __version__ = "0.1.0"

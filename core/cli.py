@@ -1,5 +1,10 @@
 """The ``activelab`` command line. Exit codes: 0 success, 2 a user error (one line naming the field or file),
-1 a bug (with a traceback), 130 interrupted (labels given so far are saved)."""
+1 a bug (with a traceback), 130 interrupted (labels given so far are saved).
+
+The kernel's verbs are defined here; a plugin adds its own through its manifest's ``commands`` (``verb ->
+"module:attr"`` of a :class:`Verb`), as the core plugin adds ``export`` and ``import``
+(:mod:`activelab.labelling.commands`).
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,14 +13,28 @@ import json
 import signal
 import sqlite3
 import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .errors import RecipeError, UserError
+from .protocol import RunStatus
+
+
+@dataclass(frozen=True)
+class Verb:
+    """A command-line verb a plugin contributes: its one-line help, what adds its arguments to its parser, and
+    what runs it (returning the exit code)."""
+
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from . import recipe as recipes
-    from .loop import create_run
+    from .run import create_run
 
     resolved = recipes.load(args.recipe, args.overrides)
     run_dir = create_run(resolved, args.out)
@@ -35,7 +54,7 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
 
 
 def _drive(run_dir: Path, quiet: bool, fresh: bool = False) -> int:
-    from .loop import INTERRUPTED, Runner
+    from .loop import Runner
 
     # Bars only on a terminal (a log file would get every redraw); a line per round unless --quiet.
     # fresh: a folder this command just made is removed again if its data turn out to be bad (nothing labelled).
@@ -46,21 +65,21 @@ def _drive(run_dir: Path, quiet: bool, fresh: bool = False) -> int:
     try:
         outcome = runner.run()
     except KeyboardInterrupt:
-        _set_status(runner, "paused")
+        _set_status(runner, RunStatus.PAUSED)
         print(f"interrupted; every label given so far is saved. Continue with: activelab resume {run_dir}", file=sys.stderr)
         return 130
     except Terminated:
-        _set_status(runner, INTERRUPTED)
+        _set_status(runner, RunStatus.INTERRUPTED)
         print(f"terminated; every label given so far is saved. Continue with: activelab resume {run_dir}",
               file=sys.stderr)
         return 143
     except BaseException:
-        _set_status(runner, INTERRUPTED)  # an error stopped it: nobody is working on it any more
+        _set_status(runner, RunStatus.INTERRUPTED)  # an error stopped it: nobody is working on it any more
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
         runner.close()
-    if outcome == "paused":
+    if outcome == RunStatus.PAUSED:
         print(_pause_hint(run_dir), file=sys.stderr)
     else:
         print(f"done: {run_dir}/metrics.jsonl, {run_dir}/learning_curve.png", file=sys.stderr)
@@ -75,42 +94,15 @@ def _set_status(runner, value: str) -> None:
 
 
 def _pause_hint(run_dir: Path) -> str:
-    from .loop import status
-    from .oracles.exchange import AWAITING
+    from .run import status
 
     info = status(run_dir)
     left = f"{info['outstanding']} of {info['batch_size']} items of round {info['round']} outstanding"
-    if info["status"] == AWAITING:
+    if info["status"] == RunStatus.AWAITING_LABELS:
         return (f"awaiting labels ({left}). Export them with `activelab export {run_dir} --format "
                 f"label-studio|csv|jsonl`, import the answers with `activelab import {run_dir} FILE`, then "
                 f"`activelab resume {run_dir}`")
     return f"paused ({left}); continue with: activelab resume {run_dir}"
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    from .exchange import export
-
-    written = export(args.run, args.format, args.out, args.media_url, args.media_root)
-    for path in written:
-        print(path)
-    print(f"wrote the outstanding batch to {written[0]}" + (f" and its labelling config to {written[1]}"
-                                                             if len(written) > 1 else ""), file=sys.stderr)
-    return 0
-
-
-def _cmd_import(args: argparse.Namespace) -> int:
-    from .exchange import import_answers
-
-    r = import_answers(args.run, args.file, args.format)
-    replaced = f" ({r.replaced} replacing earlier answers of this round)" if r.replaced else ""
-    print(f"round {r.round}: stored {r.stored} label(s) and {r.skipped} skip(s){replaced}; {r.unchanged} "
-          f"unchanged, {r.unanswered} not answered in the file; {len(r.problems)} problem(s). "
-          f"Outstanding: {r.outstanding} of {r.batch_size}.")
-    for line in r.problems:
-        print(line, file=sys.stderr)
-    if not r.outstanding:
-        print(f"the batch is labelled; continue with: activelab resume {args.run}", file=sys.stderr)
-    return 2 if r.problems else 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -155,7 +147,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from .loop import status
+    from .run import status
 
     info = status(args.run)
     if args.json:
@@ -164,6 +156,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"{args.run}: {info['status']}, round {info['round']}, {info['labels']} labels, "
               f"{info['outstanding']} of {info['batch_size']} outstanding in the current batch")
     return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from .schema import command
+
+    return command(args.out, args.plugins)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,27 +197,36 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-q", "--quiet", action="store_true")
     c.set_defaults(func=_cmd_compare)
 
-    ex = sub.add_parser("export", help="write the outstanding batch for people to label in another tool")
-    ex.add_argument("run")
-    ex.add_argument("--format", required=True, choices=["label-studio", "csv", "jsonl"])
-    ex.add_argument("--out", help="file to write (default RUN/exchange/round_<r>.<json|csv|jsonl>); "
-                                  "label-studio also writes the config next to it (.xml)")
-    ex.add_argument("--media-url", help="turn image/audio paths into URLs: this prefix + the path relative to "
-                                        "--media-root (Label Studio local files: '/data/local-files/?d=')")
-    ex.add_argument("--media-root", help="folder the media paths are made relative to (with --media-url)")
-    ex.set_defaults(func=_cmd_export)
-
-    im = sub.add_parser("import", help="store the answers of an exported batch (Label Studio JSON export, CSV, JSONL)")
-    im.add_argument("run")
-    im.add_argument("file")
-    im.add_argument("--format", choices=["label-studio", "csv", "jsonl"], help="default: from the extension")
-    im.set_defaults(func=_cmd_import)
-
     st = sub.add_parser("status", help="where a run stands: round, labels, outstanding batch")
     st.add_argument("run")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_cmd_status)
+
+    sc = sub.add_parser("schema", help="print a JSON Schema for recipe files (editors validate and complete with it)")
+    sc.add_argument("--out", help="write it to this file instead of stdout")
+    sc.add_argument("--plugins", help="comma-separated plugins to cover (default: every installed plugin)")
+    sc.set_defaults(func=_cmd_schema)
+    _plugin_verbs(sub)
     return p
+
+
+def _plugin_verbs(sub) -> None:
+    """Add the verbs plugins contribute; a broken one is skipped with a warning, as a broken plugin is."""
+    from .registry import commands, resolve
+
+    for name, (plugin, target) in commands().items():
+        if name in sub.choices:
+            warnings.warn(f"plugin {plugin}: command '{name}' is a built-in command; ignored", stacklevel=2)
+            continue
+        try:
+            verb = resolve(target)
+        except (ImportError, AttributeError) as exc:
+            warnings.warn(f"plugin {plugin}: command '{name}' ({target}) cannot be imported and is ignored: {exc}",
+                          stacklevel=2)
+            continue
+        parser = sub.add_parser(name, help=verb.help)
+        verb.arguments(parser)
+        parser.set_defaults(func=verb.run)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,10 +13,13 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
+from . import hooks
 from . import recipe as recipes
 from .errors import UserError
-from .loop import RECIPE_FILE, Runner, create_run, resolved_recipe
+from .loop import Runner
+from .protocol import RunStatus
 from .report import aggregate, labels_to_reach, markdown_table, plot_compare
+from .run import RECIPE_FILE, create_run, resolved_recipe
 
 
 LOOP_METRICS = frozenset({"round", "n_labeled", "n_queried", "fit_seconds", "score_seconds"})
@@ -25,10 +28,17 @@ LOOP_METRICS = frozenset({"round", "n_labeled", "n_queried", "fit_seconds", "sco
 def metric_names(task_cls: type) -> set[str] | None:
     """Every name a run of this task can have in its metrics rows: the loop's own plus the task's declared
     ``metrics`` (what ``evaluate`` and ``fit`` report); None when the task declares none."""
-    declared = getattr(task_cls, "metrics", None)
+    declared = hooks.metrics(task_cls)
     if declared is None:
         return None
     return set(LOOP_METRICS) | set(declared)
+
+
+def _check_metrics(wanted: list[str], known: set[str], base: recipes.Resolved, source: str) -> None:
+    unknown = [m for m in wanted if m not in known]
+    if unknown:
+        raise UserError(f"--metrics: {', '.join(map(repr, unknown))} not reported by task "
+                        f"'{base.recipe.task.name}' ({source}: {', '.join(sorted(known))})")
 
 
 def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None,
@@ -43,10 +53,7 @@ def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None
     wanted = metrics or [primary]
     known = metric_names(base.classes["task"])
     if known is not None:
-        unknown = [m for m in wanted if m not in known]
-        if unknown:
-            raise UserError(f"--metrics: {', '.join(map(repr, unknown))} not reported by task "
-                            f"'{base.recipe.task.name}' (it reports: {', '.join(sorted(known))})")
+        _check_metrics(wanted, known, base, "it reports")
     # Validate every strategy up front, so a typo fails before hours of training.
     plans = []
     for strategy in strategies:
@@ -66,7 +73,7 @@ def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None
             raise UserError(f"{run_dir}: made by a different recipe or strategy; remove it or choose another --out")
         runner = Runner(run_dir, progress=False)
         try:
-            if runner.run() != "done":
+            if runner.run() != RunStatus.DONE:
                 raise UserError(f"{run_dir}: the oracle paused this run; finish it with `activelab resume {run_dir}`")
             rows = runner.store.metrics()
             runs[strategy].append(rows)
@@ -74,10 +81,7 @@ def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None
             runner.close()
         if known is None:  # a task that does not declare its metrics: check them on the first finished run
             known = {k for row in rows for k in row}
-            unknown = [m for m in wanted if m not in known]
-            if unknown:
-                raise UserError(f"--metrics: {', '.join(map(repr, unknown))} not reported by task "
-                                f"'{base.recipe.task.name}' (its first run reports: {', '.join(sorted(known))})")
+            _check_metrics(wanted, known, base, "its first run reports")
 
     table = aggregate(runs, wanted)
     (out_dir / "compare.json").write_text(json.dumps(table, indent=1))
@@ -92,7 +96,7 @@ def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None
         finals = [r for r in table if r["strategy"] == "random"]
         target = max(finals, key=lambda r: r["n_labeled"]).get(f"{wanted[0]}_mean")
         if target is not None:
-            lower = wanted[0] in getattr(base.classes["task"], "lower_is_better", ())
+            lower = wanted[0] in hooks.lower_is_better(base.classes["task"])
             text.append(f"labels needed to reach random's final {wanted[0]} ({target:.3f}"
                         f"{', lower is better' if lower else ''}):")
             for strategy, n in labels_to_reach(table, wanted[0], target, lower).items():

@@ -1,7 +1,4 @@
-"""The one loop that drives any task, and the run folder it works in.
-
-A run folder holds ``recipe.yaml`` (the resolved recipe), ``labels.sqlite`` (the label store, which also records
-each round's query and metrics), ``metrics.jsonl``, ``checkpoints/round_<r>.pt`` and ``learning_curve.png``.
+"""The one loop that drives any task, in a run folder (:mod:`activelab.run`).
 
 Round ``r`` (0 .. loop.rounds):
   1. select batch r: r = 0 is uninformed (``loop.initial`` items); later rounds score the candidates with the
@@ -16,164 +13,26 @@ starts from a checkpoint that round-trips exactly, so a resumed run queries the 
 """
 from __future__ import annotations
 
-import errno
 import hashlib
+import io
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
-import yaml
-from pydantic import BaseModel
 from tqdm.auto import tqdm
 
-from . import recipe as recipes
+from . import hooks
 from .device import pick_device
 from .errors import UserError
-from .pool import make_pool
-from .protocol import Context, Env, Label, Quit, iter_chunks
+from .pool import Outcome, make_pool
+from .protocol import Context, Env, Label, Quit, RunStatus, iter_chunks
 from .report import plot_learning_curve
+from .run import CURVE_FILE, METRICS_FILE, RECIPE_FILE, STORE_FILE, atomic_write, discard_new_run, lock, open_run
 from .store import LabelStore
-
-RECIPE_FILE = "recipe.yaml"
-STORE_FILE = "labels.sqlite"
-METRICS_FILE = "metrics.jsonl"
-CURVE_FILE = "learning_curve.png"
-
-
-LOCK_FILE = ".lock"
-# statuses that mean "a process is working on it"; with no process holding the lock they read "interrupted"
-ACTIVE = ("running", "training", "labelling", "scoring")
-INTERRUPTED = "interrupted"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``path`` whole or not at all; an environment error (disk full, read-only folder) is a one-line
-    user error and leaves no temporary file behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise UserError(f"{path}: cannot write: {exc.strerror or exc}") from None
-
-
-def resolved_recipe(resolved: recipes.Resolved) -> dict[str, Any]:
-    """The recipe as a run folder stores it: validated params with every default filled in, so a later change
-    of a plugin's default does not change what a resumed run does, and every filesystem path (a config field
-    whose value is a ``pathlib.Path``) made absolute, so ``resume`` from another directory reads the same data."""
-    out = resolved.recipe.model_dump(mode="json")
-    for kind, config in resolved.configs.items():
-        if hasattr(config, "model_dump"):
-            out[kind]["params"] = _pin_paths(config, config.model_dump(mode="json"))
-    return out
-
-
-def _pin_paths(value: Any, dumped: Any) -> Any:
-    """``dumped`` (the JSON form of ``value``) with every ``Path`` in ``value`` replaced by its absolute form."""
-    if isinstance(value, Path):
-        return os.path.abspath(os.path.expanduser(value))
-    if isinstance(value, BaseModel) and isinstance(dumped, dict):
-        return {k: _pin_paths(getattr(value, k), v) if k in type(value).model_fields else v
-                for k, v in dumped.items()}
-    if isinstance(value, (list, tuple)) and isinstance(dumped, list) and len(value) == len(dumped):
-        return [_pin_paths(v, d) for v, d in zip(value, dumped)]
-    if isinstance(value, dict) and isinstance(dumped, dict):
-        by_key = {str(k): v for k, v in value.items()}
-        return {k: _pin_paths(by_key[k], v) if k in by_key else v for k, v in dumped.items()}
-    return dumped
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def create_run(resolved: recipes.Resolved, out: str | Path | None) -> Path:
-    """Make a new run folder with the resolved recipe; refuses to overwrite an existing run.
-
-    Creation is atomic: the folder is built under a temporary name beside the target and renamed into place, and
-    the rename fails when the target exists and is not empty. Of two processes creating the same folder, exactly
-    one wins; the other is refused and removes nothing but its own temporary folder."""
-    name = resolved.recipe.name
-    stamp = time.strftime('%Y%m%d-%H%M%S')
-    run_dir = Path(out) if out else Path("runs") / f"{name}-{stamp}"
-    if (run_dir / RECIPE_FILE).exists():
-        raise UserError(f"{run_dir}: already holds a run; continue it with `activelab resume {run_dir}` or pick another --out")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {run_dir}: cannot make the run folder: a file of that name exists")
-    parent = Path(os.path.abspath(run_dir)).parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".new", dir=parent))
-    except OSError as exc:
-        raise UserError(f"--out {run_dir}: cannot make the run folder: {exc.strerror or exc}") from None
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())
-        (tmp / "checkpoints").mkdir()
-        _atomic_write(tmp / RECIPE_FILE, yaml.safe_dump(resolved_recipe(resolved), sort_keys=False).encode())
-        store = LabelStore(tmp / STORE_FILE)
-        try:
-            store.set_state("status", "created")
-        finally:
-            store.close()
-        for attempt in range(1, 100):
-            try:
-                os.rename(tmp, run_dir)
-                break
-            except OSError as exc:
-                taken = exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR)
-                if taken and out is None:  # the default name is taken (same recipe, same second): number it
-                    run_dir = Path("runs") / f"{name}-{stamp}-{attempt + 1}"
-                    continue
-                if taken:
-                    raise UserError(f"{run_dir}: already exists and is not empty (another run, or other files); "
-                                    f"pick another --out") from None
-                raise UserError(f"--out {run_dir}: cannot make the run folder: {exc.strerror or exc}") from None
-    except OSError as exc:
-        raise UserError(f"--out {run_dir}: cannot make the run folder: {exc.strerror or exc}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder only (gone after a successful rename)
-    return run_dir
-
-
-def _discard_new_run(run_dir: Path, store: LabelStore | None) -> None:
-    """Remove a run folder this process just made, whose components failed to build (bad data found before
-    anything was asked). Called only while holding the run's lock, and only if the store holds no label."""
-    if store is not None:
-        try:
-            if store.count_labels():
-                return
-        finally:
-            store.close()
-    for name in (RECIPE_FILE, STORE_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm", LOCK_FILE):
-        (run_dir / name).unlink(missing_ok=True)
-    for folder in (run_dir / "checkpoints", run_dir):
-        try:
-            folder.rmdir()
-        except OSError:
-            pass
-
-
-def open_run(run_dir: str | Path) -> recipes.Resolved:
-    run_dir = Path(run_dir)
-    if not (run_dir / RECIPE_FILE).is_file():
-        raise UserError(f"{run_dir}: not a run folder (no {RECIPE_FILE})")
-    return recipes.load(run_dir / RECIPE_FILE)
 
 
 class Runner:
@@ -186,13 +45,13 @@ class Runner:
                  fresh: bool = False):
         self.run_dir = Path(run_dir)
         self.resolved = open_run(self.run_dir)
-        self._lock = _lock(self.run_dir)
+        self._lock = lock(self.run_dir)
         self.store: LabelStore | None = None
         try:
             self._build(progress, oracle_override, echo)
         except BaseException:
             if fresh:
-                _discard_new_run(self.run_dir, self.store)
+                discard_new_run(self.run_dir, self.store)
             elif self.store is not None:
                 self.store.close()
             self._lock.close()
@@ -212,12 +71,13 @@ class Runner:
         self.oracle = oracle_override if oracle_override is not None else build("oracle")
         self.pool = make_pool(self.task, self.store)
         self.loaded_round = -1  # the task as constructed is the untrained model "of round -1"
+        self._score_seconds: float | None = None
 
     def _check_data(self) -> None:
         """The run is pinned to its data: a fingerprint of the pool (the task's ``data_fingerprint()`` where it
         has one, else its item ids) is stored when the run first opens and compared on every later open."""
-        hook = getattr(self.task, "data_fingerprint", None)
-        if callable(hook):
+        hook = hooks.data_fingerprint(self.task)
+        if hook is not None:
             fingerprint = str(hook())
         else:
             digest = hashlib.sha256()
@@ -311,11 +171,11 @@ class Runner:
         outstanding = self.pool.outstanding(round, batch)
         if outstanding:
             # "awaiting labels" only where a person is asked; a simulation or a generator is just "labelling"
-            asks_people = getattr(self.oracle, "interactive", False)
-            self.store.set_state("status", "awaiting labels" if asks_people else "labelling")
+            asks_people = hooks.interactive(self.oracle)
+            self.store.set_state("status", RunStatus.AWAITING_LABELS if asks_people else RunStatus.LABELLING)
             self.model_for_labelling(round)
         # an oracle that talks to a person on this terminal gets no progress bar drawn over its questions
-        quiet = not self.progress or getattr(self.oracle, "interactive", False)
+        quiet = not self.progress or hooks.interactive(self.oracle)
         while outstanding:
             progressed = False
             bar = tqdm(total=len(outstanding), desc=f"labelling round {round}", unit="item",
@@ -323,11 +183,11 @@ class Runner:
             for answer in self.oracle.label(self.task, outstanding, self.ctx(round)):
                 if isinstance(answer, Quit):
                     bar.close()
-                    self.store.set_state("status", answer.status or "paused")
+                    self.store.set_state("status", answer.status or RunStatus.PAUSED)
                     return False
                 outcome = self.pool.apply(answer, round, batch)
-                progressed = progressed or outcome in ("labelled", "skipped", "same")
-                if isinstance(answer, Label) and outcome == "labelled":
+                progressed = progressed or outcome in (Outcome.LABELLED, Outcome.SKIPPED, Outcome.SAME)
+                if isinstance(answer, Label) and outcome == Outcome.LABELLED:
                     bar.update(1)
             bar.close()
             left = self.pool.outstanding(round, batch)
@@ -352,20 +212,20 @@ class Runner:
             stats = dict(self.task.fit(labels, self.ctx(round)))
             fit_seconds = time.perf_counter() - started
             buffer = _torch_bytes({"task": self.task.state_dict(), "fit_stats": stats, "round": round})
-            _atomic_write(ckpt, buffer)
+            atomic_write(ckpt, buffer)
             self.loaded_round = round
         metrics = dict(self.task.evaluate())
         queried = self.store.batch(round)[0]
         record: dict[str, Any] = {
             "round": round,
             "n_labeled": self.pool.n_labeled(),
-            "n_queried": len(set(queried) & set(labels)) if self.task.query_type == "pool" else len(queried),
+            "n_queried": len(set(queried) & set(labels)) if hooks.query_type(self.task) == "pool" else len(queried),
             **{k: _plain(v) for k, v in stats.items()},
             **{k: _plain(v) for k, v in metrics.items()},
         }
         if fit_seconds is not None:
             record["fit_seconds"] = round_to(fit_seconds)
-        if getattr(self, "_score_seconds", None) is not None:
+        if self._score_seconds is not None:
             record["score_seconds"] = round_to(self._score_seconds)
             self._score_seconds = None
         record = {k: _finite(v) for k, v in record.items()}
@@ -376,14 +236,14 @@ class Runner:
 
     def write_reports(self) -> None:
         rows = self.store.metrics()
-        _atomic_write(self.run_dir / METRICS_FILE,
-                      "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows).encode())
+        atomic_write(self.run_dir / METRICS_FILE,
+                     "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows).encode())
         plot_learning_curve(rows, self.task.primary_metric, self.run_dir / CURVE_FILE, title=self.recipe.name)
 
     # ------------------------------------------------------------------------------------------ driver
     def run(self) -> str:
         """Run to the end; returns "done" or "paused"."""
-        self.store.set_state("status", "running")
+        self.store.set_state("status", RunStatus.RUNNING)
         for r in range(0, self.recipe.loop.rounds + 1):
             if self.store.has_metrics(r):
                 continue
@@ -391,18 +251,18 @@ class Runner:
             batch = self.select(r)
             # a round whose fit already began (killed while training) is not asked again: its labels are final
             if self.store.frozen_round() < r and not self.ask(r, batch):
-                return "paused"
-            self.store.set_state("status", "training")
+                return RunStatus.PAUSED
+            self.store.set_state("status", RunStatus.TRAINING)
             record = self.fit_and_evaluate(r, batch)
-            self.store.set_state("status", "running")
+            self.store.set_state("status", RunStatus.RUNNING)
             if self.echo:
                 shown = {k: record[k] for k in ("n_labeled", self.task.primary_metric) if k in record}
                 tqdm.write(f"round {r}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
         # Reports and pruning again: a kill between the last metrics commit and these leaves them stale.
         self.write_reports()
         self._prune(self.recipe.loop.rounds)
-        self.store.set_state("status", "done")
-        return "done"
+        self.store.set_state("status", RunStatus.DONE)
+        return RunStatus.DONE
 
     def close(self) -> None:
         if self.store is not None:
@@ -410,43 +270,7 @@ class Runner:
         self._lock.close()
 
 
-def _lock(run_dir: Path):
-    """One process per run folder: a second `run`/`resume` on the same folder is refused, not interleaved."""
-    import fcntl
-
-    try:
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise UserError(f"{run_dir / LOCK_FILE}: cannot open the run's lock: {exc.strerror or exc}") from None
-    fh = os.fdopen(fd, "r+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise UserError(f"{run_dir}: another activelab process is working on this run") from None
-    return fh
-
-
-def _held(run_dir: Path) -> bool:
-    """Whether a live process holds the run's lock (the kernel drops a dead process's lock)."""
-    import fcntl
-
-    try:
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # closing drops the lock we may have taken
-    return False
-
-
 def _torch_bytes(obj: Any) -> bytes:
-    import io
-
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
@@ -475,29 +299,3 @@ def round_to(x: float, digits: int = 3) -> float:
 
 def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
-def status(run_dir: str | Path) -> dict[str, Any]:
-    """Where a run stands: round, labelled count, batch outstanding."""
-    run_dir = Path(run_dir)
-    if not (run_dir / RECIPE_FILE).is_file() and not (run_dir / STORE_FILE).is_file():
-        raise UserError(f"{run_dir}: not a run folder (no {STORE_FILE})")
-    store = LabelStore(run_dir / STORE_FILE, create=False)
-    try:
-        rnd = store.get_state("round", 0)
-        batch = store.batch(rnd)
-        outstanding = 0
-        if batch is not None:
-            # an item is answered when labelled, skipped, or (synthesis pools) made as "<generator>@<round>"
-            made = store.labeled_in([*batch[0], *(f"{i}@{rnd}" for i in batch[0])])
-            done = made | {m.rsplit("@", 1)[0] for m in made if m.endswith(f"@{rnd}")} | store.skipped(rnd)
-            outstanding = sum(1 for i in batch[0] if i not in done)
-        rows = store.metrics()
-        state = store.get_state("status", "created")
-        if state in ACTIVE and not _held(run_dir):
-            state = INTERRUPTED  # killed, or stopped by an error: nobody is working on it
-        return {"status": state, "round": rnd, "labels": store.count_labels(),
-                "batch_size": len(batch[0]) if batch else 0, "outstanding": outstanding,
-                "last_metrics": rows[-1] if rows else None}
-    finally:
-        store.close()

@@ -1,5 +1,6 @@
-"""The core's own plugin manifest: the task-independent scorers, selectors and oracles. It registers through the
-same ``activelab.plugins`` entry-point group as every other plugin."""
+"""The core's own plugin manifest: the task-independent strategies (:mod:`activelab.strategies`), the tools for
+people labelling (:mod:`activelab.labelling`, with their command-line verbs) and the toy task. It registers through
+the same ``activelab.plugins`` entry-point group as every other plugin; the kernel imports none of them."""
 from .registry import Manifest
 
 MANIFEST = Manifest(
@@ -7,28 +8,32 @@ MANIFEST = Manifest(
     description="task-independent informativeness measures, selectors and oracles",
     components={
         # A tiny Gaussian-blob classifier: the example task for plugin authors and the loop's fast test task.
-        "task": {"toy": "activelab.testing:ToyTask"},
+        "task": {"toy": "activelab.testing.toy:ToyTask"},
         "scorer": {
-            "random": "activelab.scorers.uncertainty:RandomScorer",
-            "least_confidence": "activelab.scorers.uncertainty:LeastConfidence",
-            "margin": "activelab.scorers.uncertainty:Margin",
-            "entropy": "activelab.scorers.uncertainty:Entropy",
-            "bald": "activelab.scorers.uncertainty:BALD",
-            "qbc": "activelab.scorers.uncertainty:QueryByCommittee",
-            "egl": "activelab.scorers.uncertainty:ExpectedGradientLength",
-            "density": "activelab.scorers.density:InformationDensity",
-            "kcenter": "activelab.scorers.density:KCenterGreedy",
+            "random": "activelab.strategies.uncertainty:RandomScorer",
+            "least_confidence": "activelab.strategies.uncertainty:LeastConfidence",
+            "margin": "activelab.strategies.uncertainty:Margin",
+            "entropy": "activelab.strategies.uncertainty:Entropy",
+            "bald": "activelab.strategies.uncertainty:BALD",
+            "qbc": "activelab.strategies.uncertainty:QueryByCommittee",
+            "egl": "activelab.strategies.uncertainty:ExpectedGradientLength",
+            "density": "activelab.strategies.diversity:InformationDensity",
+            "kcenter": "activelab.strategies.diversity:KCenterGreedy",
         },
         "selector": {
-            "topk": "activelab.selectors:TopK",
-            "stream": "activelab.selectors:StreamThreshold",
-            "subsample": "activelab.selectors:Subsample",
-            "proportional": "activelab.selectors:Proportional",
+            "topk": "activelab.strategies.selectors:TopK",
+            "stream": "activelab.strategies.selectors:StreamThreshold",
+            "subsample": "activelab.strategies.selectors:Subsample",
+            "proportional": "activelab.strategies.selectors:Proportional",
         },
         "oracle": {
-            "simulated": "activelab.oracles.simulated:SimulatedOracle",
-            "terminal": "activelab.oracles.terminal:TerminalOracle",
-            "exchange": "activelab.oracles.exchange:ExchangeOracle",
+            "simulated": "activelab.strategies.simulated:SimulatedOracle",
+            "terminal": "activelab.labelling.terminal:TerminalOracle",
+            "exchange": "activelab.labelling.files:ExchangeOracle",
         },
+    },
+    commands={
+        "export": "activelab.labelling.commands:EXPORT",
+        "import": "activelab.labelling.commands:IMPORT",
     },
 )

@@ -1,6 +1,6 @@
 """Pools: which items are labelled and which may be asked about, over the run's label store.
 
-Two query types, chosen by ``Task.query_type``:
+Two query types, chosen by the task's ``query_type`` hook:
 
 - ``"pool"`` (:class:`LabelPool`): the classic pool. Candidates are the task's items without a label; a label
   takes an item out of the pool for good.
@@ -13,9 +13,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import hooks
 from .errors import UserError
-from .protocol import Answer, Label, Quit, Skip, Task, Undo
+from .protocol import Answer, Label, Quit, Skip, Task, Text, Undo
 from .store import LabelStore
+
+
+class Outcome(Text):
+    """What committing one answer did."""
+
+    LABELLED = "labelled"
+    SAME = "same"                          # the item already had exactly this label
+    SKIPPED = "skipped"
+    UNDONE = "undone"
+    NOTHING_TO_UNDO = "nothing to undo"
+    REPLACED = "replaced"                  # a corrected answer took the place of this round's earlier one
 
 
 class LabelPool:
@@ -39,43 +51,44 @@ class LabelPool:
     def n_labeled(self) -> int:
         return self.store.count_labels()
 
-    def apply(self, answer: Answer, round: int, batch: list[str]) -> str:
-        """Commit one oracle answer; returns what happened ("labelled", "same", "skipped", "undone")."""
+    def _batch_entry(self, item_id: str, round: int, batch: list[str]) -> str:
+        """The batch entry an answer is for (the item itself); a UserError when it is for none."""
+        if item_id not in batch:
+            raise UserError(f"the oracle answered for item {item_id!r}, which is not in round {round}'s batch")
+        return item_id
+
+    def apply(self, answer: Answer, round: int, batch: list[str]) -> Outcome:
+        """Commit one oracle answer; returns what happened."""
         if isinstance(answer, Quit):
             raise TypeError("Quit is handled by the loop")
-        if answer.item_id not in batch:
-            raise UserError(f"the oracle answered for item {answer.item_id!r}, which is not in round {round}'s batch")
+        entry = self._batch_entry(answer.item_id, round, batch)
         if isinstance(answer, Label):
-            return self._store(answer, round)
+            value = self._check(answer)
+            return Outcome.LABELLED if self.store.add_label(answer.item_id, value, round, answer.annotator) \
+                else Outcome.SAME
         if isinstance(answer, Skip):
-            self.store.skip(round, answer.item_id)
-            return "skipped"
+            self.store.skip(round, entry)
+            return Outcome.SKIPPED
         if isinstance(answer, Undo):
             removed = self.store.remove_label(answer.item_id, round)
-            self.store.unskip(round, answer.item_id)
-            return "undone" if removed else "nothing to undo"
+            self.store.unskip(round, entry)
+            return Outcome.UNDONE if removed else Outcome.NOTHING_TO_UNDO
         raise TypeError(f"unknown answer {answer!r}")
 
-    def replace(self, answer: Label | Skip, round: int, batch: list[str]) -> str:
+    def replace(self, answer: Label | Skip, round: int, batch: list[str]) -> Outcome:
         """A corrected answer for an item labelled earlier in this round: withdraw and store (or skip) in one
         transaction, so a kill in between never leaves the item without either answer."""
         if answer.item_id not in batch:
             raise UserError(f"item {answer.item_id!r} is not in round {round}'s batch")
-        value = None
-        if isinstance(answer, Label):
-            try:
-                value = self.task.check_label(answer.item_id, answer.value)
-            except ValueError as exc:
-                raise UserError(f"label for item {answer.item_id!r} rejected: {exc}") from exc
+        value = self._check(answer) if isinstance(answer, Label) else None
         self.store.replace_label(answer.item_id, value, round, answer.annotator)
-        return "replaced"
+        return Outcome.REPLACED
 
-    def _store(self, answer: Label, round: int) -> str:
+    def _check(self, answer: Label) -> Any:
         try:
-            value = self.task.check_label(answer.item_id, answer.value)
+            return self.task.check_label(answer.item_id, answer.value)
         except ValueError as exc:
             raise UserError(f"label for item {answer.item_id!r} rejected: {exc}") from exc
-        return "labelled" if self.store.add_label(answer.item_id, value, round, answer.annotator) else "same"
 
     def outstanding(self, round: int, batch: list[str]) -> list[str]:
         """Items of the batch that still need an answer (neither labelled nor skipped)."""
@@ -92,20 +105,11 @@ class SynthesisPool(LabelPool):
     def n_labeled(self) -> int:
         return int(sum(int(v.get("count", 1)) for v in self.store.labels().values()))
 
-    def apply(self, answer: Answer, round: int, batch: list[str]) -> str:
-        if isinstance(answer, Quit):
-            raise TypeError("Quit is handled by the loop")
-        generator = answer.item_id.rsplit("@", 1)[0]
+    def _batch_entry(self, item_id: str, round: int, batch: list[str]) -> str:
+        generator = item_id.rsplit("@", 1)[0]
         if generator not in batch:
-            raise UserError(f"item {answer.item_id!r} does not come from a generator of round {round}")
-        if isinstance(answer, Label):
-            return self._store(answer, round)
-        if isinstance(answer, Skip):
-            self.store.skip(round, generator)
-            return "skipped"
-        removed = self.store.remove_label(answer.item_id, round)
-        self.store.unskip(round, generator)
-        return "undone" if removed else "nothing to undo"
+            raise UserError(f"item {item_id!r} does not come from a generator of round {round}")
+        return generator
 
     def outstanding(self, round: int, batch: list[str]) -> list[str]:
         made = self.store.labeled_in(f"{g}@{round}" for g in set(batch))
@@ -117,7 +121,7 @@ POOLS = {"pool": LabelPool, "synthesis": SynthesisPool}
 
 
 def make_pool(task: Task, store: LabelStore) -> LabelPool:
-    kind = getattr(task, "query_type", "pool")
+    kind = hooks.query_type(task)
     if kind not in POOLS:
         raise UserError(f"task query_type {kind!r} is not one of {', '.join(POOLS)}")
     return POOLS[kind](task, store)

@@ -19,7 +19,8 @@ label store and must be stable across processes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator, Mapping, Protocol, Sequence, Union, runtime_checkable
 
@@ -72,9 +73,19 @@ def rng_for(seed: int, *stream: int | str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([w & 0xFFFFFFFF for w in words]))
 
 
-def seed_for(seed: int, *stream: int | str) -> int:
-    """An integer seed (for ``torch.manual_seed``, a ``torch.Generator``) drawn from :func:`rng_for`'s stream."""
-    return int(rng_for(seed, *stream).integers(2**62))
+def seed_for(seed: int, *stream: int | str, below: int = 2**62) -> int:
+    """An integer seed (for ``torch.manual_seed``, a ``torch.Generator``, a component's ``seed`` argument) drawn
+    from :func:`rng_for`'s stream: the one seed helper of activelab.
+
+    ``below`` is the (exclusive) bound of the draw. Leave it at its default in new code. Two families of streams
+    were born with other bounds and keep them (:data:`TORCH_SEED_BOUND`, :data:`MC_SEED_BOUND`), because the bound
+    changes the value and their values are behind published numbers. Only the low 32 bits of a seed reach
+    :func:`rng_for` when it seeds a stream in turn, so every bound of at least ``2**32`` is as good as another."""
+    return int(rng_for(seed, *stream).integers(below))
+
+
+TORCH_SEED_BOUND = 2**63 - 1   # seed_for's bound for the MC-dropout masks and the restoration and toy networks
+MC_SEED_BOUND = 2**31 - 1      # seed_for's bound for the MC / committee seeds scorers pass to predict, fit_bootstrap
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,27 @@ class MC:
     samples: int = 10
     mode: str = "dropout"
     seed: int = 0
+
+
+class Text(str, Enum):
+    """A str-valued enum: members compare, print and serialise (JSON) as their value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class RunStatus(Text):
+    """A run's status, as the label store keeps it and ``activelab status`` prints it."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    LABELLING = "labelling"                # an oracle that is not a person answers the batch
+    AWAITING_LABELS = "awaiting labels"    # a person (at the terminal, or through an export) answers it
+    LABELS_IMPORTED = "labels imported"    # an import answered the whole batch; `resume` trains on it
+    TRAINING = "training"
+    PAUSED = "paused"
+    INTERRUPTED = "interrupted"            # killed, or stopped by an error: nobody is working on it
+    DONE = "done"
 
 
 # ----------------------------------------------------------------------------------------------- answers
@@ -124,11 +156,11 @@ class Undo:
 class Quit:
     """Stop labelling now; the run pauses and ``activelab resume`` asks for what is left of the batch.
 
-    ``reason`` is for people; ``status`` becomes the run's status (``"awaiting labels"`` while a file exchange is
-    out, say)."""
+    ``reason`` is for people; ``status`` becomes the run's status (``RunStatus.AWAITING_LABELS`` while a file
+    exchange is out, say)."""
 
     reason: str = ""
-    status: str = "paused"
+    status: str = RunStatus.PAUSED
 
 
 Answer = Union[Label, Skip, Undo, Quit]
@@ -147,34 +179,14 @@ class Task(Protocol):
       outputs: names :meth:`predict` can produce and capabilities it has (``PROBS``, ``EMBEDDINGS``,
         ``MC_DROPOUT``, ``BOOTSTRAP``, or plugin-specific names). Scorers declare what they need.
       primary_metric: the metric learning curves and ``activelab compare`` plot by default.
-      query_type: ``"pool"`` (labelled items leave the pool) or ``"synthesis"`` (the candidates are generators
-        that are never used up, e.g. corruption levels; answers create new items).
-      metrics (optional): every metric name ``evaluate`` and ``fit`` can report; ``activelab compare --metrics``
-        checks names against it before any run (without it, after the first run).
-      data_fingerprint (optional) ``() -> str``: a digest of the task's data (pool items and their content); a
-        run stores it when it starts and refuses to resume on data that differ. Default: a digest of the pool ids.
-      lower_is_better (optional): names of metrics where smaller is better (error rates such as ``"wer"``);
-        reports use it to say when a strategy "reaches" a target. Every other metric counts as higher-is-better.
 
-    Optional hooks for people labelling (the terminal oracle, Label Studio, CSV/JSON lines); human tools fall
-    back gracefully when a task has none (see :mod:`activelab.labelling`):
-
-      ``suggest(ids) -> list``: the current model's predicted label per item, in the canonical form
-        ``check_label`` returns (``None`` where it has none). Shown as the suggestion a person accepts with Enter
-        and sent to Label Studio as pre-annotations. While an oracle labels round r's batch the task holds the
-        model that chose it (round r-1's); round 0 has no trained model, and tools ask for no suggestion.
-      ``label_schema() -> dict``: the kind of label a person gives. ``{"type": "choices", "choices": [names]}``
-        (a label is an index into ``choices`` or the name itself); ``{"type": "rectangles", "classes":
-        [names]}`` (a label is a list of ``{"label": name, "box": [x0, y0, x1, y1]}`` in pixels of the image
-        that ``describe`` names, and ``describe`` gives its ``width`` and ``height``); ``{"type": "text"}``
-        (a label is a string). Without it a tool accepts free text and leaves the checking to ``check_label``.
-      ``parse_label(text) -> value``: what a person typed as a label value (``check_label`` then checks it).
-        Default: the text itself for a ``text`` schema, else the text read as JSON if it is JSON, else the text.
+    Optional hooks (each a Protocol in :mod:`activelab.hooks`, checked when the plugin's task is loaded):
+    ``query_type``, ``metrics``, ``lower_is_better``, ``data_fingerprint``, ``fit_bootstrap``, ``corrupt_label``,
+    and for people labelling ``suggest``, ``label_schema``, ``parse_label``.
     """
 
     outputs: Collection[str]
     primary_metric: str
-    query_type: str
 
     def pool_ids(self) -> Sequence[ItemId]:
         """Every item (or generator, for synthesis) that may be queried, in a fixed order."""
@@ -251,8 +263,7 @@ class Oracle(Protocol):
 
     ``label`` is a generator: the loop commits each answer to the label store before it asks for the next
     one, so nothing a person typed is lost if the process dies. It may answer only part of the batch.
-    An oracle that talks to a person on this terminal sets the optional attribute ``interactive = True`` (the
-    loop then draws no progress bar over its questions).
+    Optional hook: ``interactive`` (see :mod:`activelab.hooks`).
     """
 
     def label(self, task: Task, items: Sequence[ItemId], ctx: Context) -> Iterator[Answer]:
@@ -287,12 +298,3 @@ def collect_scores(scores: ScoreStream) -> np.ndarray:
     """Concatenate a scorer's result into one array."""
     chunks = list(iter_chunks(scores))
     return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float64)
-
-
-@dataclass
-class RoundRecord:
-    """One line of metrics.jsonl."""
-
-    round: int
-    n_labeled: int
-    metrics: dict[str, float] = field(default_factory=dict)

@@ -1,8 +1,10 @@
 """Plugin discovery: every plugin, built-in or third-party, registers through the ``activelab.plugins``
-entry-point group and exposes a :class:`Manifest` mapping component names to lazy ``"module:attr"`` strings.
+entry-point group and exposes a :class:`Manifest` mapping component names (and command-line verbs) to lazy
+``"module:attr"`` strings.
 
 Nothing is imported until it is used, so loading the vision plugin's manifest does not import speech code, and a
-recipe can only name components that an installed plugin offers (never an arbitrary import path).
+recipe can only name components that an installed plugin offers (never an arbitrary import path). A component is
+checked for misspelt or misshapen optional hooks (:func:`activelab.hooks.check`) when it is loaded.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any
 
+from . import hooks
 from .errors import UserError
 
 GROUP = "activelab.plugins"
@@ -22,11 +25,13 @@ KINDS = ("task", "scorer", "selector", "oracle")
 
 @dataclass(frozen=True)
 class Manifest:
-    """What a plugin offers. ``components[kind][name] = "package.module:Attr"``."""
+    """What a plugin offers. ``components[kind][name] = "package.module:Attr"``; ``commands[verb] =
+    "package.module:VERB"``, an :class:`activelab.cli.Verb` that ``activelab VERB`` runs."""
 
     name: str
     description: str = ""
     components: dict[str, dict[str, str]] = field(default_factory=dict)
+    commands: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,7 @@ def plugins() -> dict[str, Plugin]:
             continue
         if isinstance(manifest, dict):
             manifest = Manifest(name=manifest.get("name", ep.name), description=manifest.get("description", ""),
-                                components=manifest.get("components", {}))
+                                components=manifest.get("components", {}), commands=manifest.get("commands", {}))
         dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "unknown distribution"
         found[manifest.name] = Plugin(manifest, f"entry point {ep.name} = {ep.value} ({dist})")
     return found
@@ -84,17 +89,34 @@ def find(kind: str, name: str, plugin: str | None = None) -> tuple[str, str]:
     return hits[0]
 
 
-def load(kind: str, name: str, plugin: str | None = None) -> Any:
-    """Import and return the component class."""
-    owner, target = find(kind, name, plugin)
+def resolve(target: str) -> Any:
+    """The object a ``"module:attr"`` string names (``ImportError``/``AttributeError`` when there is none)."""
     module, _, attr = target.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def load(kind: str, name: str, plugin: str | None = None) -> Any:
+    """Import and return the component class, checked for misspelt or misshapen hooks."""
+    owner, target = find(kind, name, plugin)
     try:
-        obj: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
+        obj = resolve(target)
     except (ImportError, AttributeError) as exc:
         raise UserError(f"{kind} '{name}' of plugin {owner} cannot be imported ({target}): {exc}") from exc
+    hooks.check(owner, kind, name, obj)
     return obj
+
+
+def commands() -> dict[str, tuple[str, str]]:
+    """Command-line verbs the plugins contribute: ``verb -> (plugin, "module:attr")``; the first plugin (by
+    name) that offers a verb has it."""
+    found: dict[str, tuple[str, str]] = {}
+    for name, plugin in sorted(plugins().items()):
+        for verb, target in plugin.manifest.commands.items():
+            found.setdefault(verb, (name, target))
+    return found
 
 
 def listing() -> list[tuple[str, str, str, list[str]]]:

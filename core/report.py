@@ -27,15 +27,19 @@ def plot_learning_curve(rows: list[dict[str, Any]], metric: str, path: Path, tit
     fig, ax = plt.subplots(figsize=(6, 4))
     xs, ys = zip(*points)
     ax.plot(xs, ys, marker="o")
+    tmp = path.with_name(path.stem + ".tmp.png")
+    _save(plt, fig, ax, metric, title, tmp, dpi=100)
+    tmp.replace(path)
+
+
+def _save(plt, fig, ax, metric: str, title: str, path: Path, dpi: int) -> None:
     ax.set_xlabel("labelled items")
     ax.set_ylabel(metric)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def aggregate(runs: dict[str, list[list[dict[str, Any]]]], metrics: Iterable[str]) -> list[dict[str, Any]]:
@@ -105,11 +109,5 @@ def plot_compare(table: list[dict[str, Any]], metric: str, path: Path, title: st
         std = np.array([r[f"{metric}_std"] for r in rows])
         ax.plot(xs, mean, marker="o", markersize=3, label=f"{strategy} (n={rows[0]['seeds'] if rows else 0})")
         ax.fill_between(xs, mean - std, mean + std, alpha=0.15)
-    ax.set_xlabel("labelled items")
-    ax.set_ylabel(metric)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, ax, metric, title, path, dpi=110)

@@ -20,8 +20,8 @@ from typing import Collection, Iterator, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from activelab.protocol import MC, MC_DROPOUT, Context, Env, ItemId, Task
-from activelab.scorers.uncertainty import mc_seed, score_chunks
+from activelab.protocol import MC, MC_DROPOUT, MC_SEED_BOUND, Context, Env, ItemId, Task, seed_for
+from activelab.strategies.uncertainty import score_chunks
 
 from .curriculum import POWERS, competence
 from .translation import DIFFICULTY, NLL
@@ -63,7 +63,8 @@ class MCDisagreement:
         self.config = config or self.Config()
 
     def score(self, task: Task, candidates: Sequence[ItemId], ctx: Context) -> Iterator[np.ndarray]:
-        mc = MC(samples=self.config.samples, mode="dropout", seed=mc_seed(ctx, "nlp-mc-disagreement"))
+        seed = seed_for(ctx.seed, ctx.round, "nlp-mc-disagreement", below=MC_SEED_BOUND)
+        mc = MC(samples=self.config.samples, mode="dropout", seed=seed)
         return score_chunks(task, candidates, {NLL}, lambda out: dispersion(out[NLL]), mc=mc)
 
 

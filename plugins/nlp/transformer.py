@@ -1,7 +1,7 @@
 """A small pre-norm Transformer encoder-decoder (Vaswani et al. 2017), written out in one readable file.
 
 Why not ``torch.nn.Transformer``: its encoder layers take a fused "fast path" in eval mode that skips their
-``nn.Dropout`` modules, so MC dropout (:mod:`activelab.dropout`, which switches on exactly those modules) would
+``nn.Dropout`` modules, so MC dropout (:mod:`activelab.torchkit.dropout`, which switches on exactly those modules) would
 silently give identical passes. Here every dropout is an ``nn.Dropout`` module on a residual branch or on the
 embeddings, and attention uses ``F.scaled_dot_product_attention`` without dropout of its own.
 

@@ -22,11 +22,10 @@
 - Metrics: sacrebleu corpus BLEU (primary) and chrF of greedy translations of the test split.
 
 All randomness of a fit (initialisation, batches, dropout) comes from (seed, round) inside
-:func:`torch.random.fork_rng`: the same labels give bit-identical weights on the CPU.
+:func:`activelab.torchkit.seeded`: the same labels give bit-identical weights on the CPU.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -38,9 +37,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from activelab.dropout import mc_dropout
 from activelab.errors import UserError
 from activelab.protocol import MC, MC_DROPOUT, Context, Env, ItemId, rng_for, seed_for
+from activelab.torchkit import ItemIndex, build_optimizer, check, checkpoint, mc_dropout, restore, seeded
 
 from .curriculum import POWERS, CompetenceSampler, CurriculumConfig, difficulty, empirical_cdf
 from .data import DataConfig, check_text, load_data   # check_text: the label rule the data readers apply too
@@ -142,7 +141,7 @@ class TranslationTask:
         self.device = torch.device(env.device)
         data = load_data(config.data)
         self.pool, self.test = data.pool, data.test
-        self._index = {item: i for i, item in enumerate(self.pool.ids)}
+        self.items = ItemIndex(self.pool.ids)
         self.tokenizer = build_tokenizer([*self.pool.sources, *self.pool.targets], config.tokenizer)
         self._src = self._encode(self.pool.sources)
         self._test_src = self._encode(self.test.sources)
@@ -160,23 +159,13 @@ class TranslationTask:
 
     def _new_model(self, seed: int) -> Seq2SeqTransformer:
         m = self.cfg.model
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             model = Seq2SeqTransformer(self.tokenizer.get_vocab_size(), PAD, m.d_model, m.heads, m.layers, m.d_ff,
                                        m.dropout, m.max_len)
         return model.to(self.device).eval()
 
     def _new_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.Adam(model.parameters(), lr=self.cfg.lr, betas=(0.9, 0.98), eps=1e-9)
-
-    def _rng_devices(self) -> list[int]:
-        return [self.device.index or 0] if self.device.type == "cuda" else []
-
-    def _position(self, item_id: ItemId) -> int:
-        try:
-            return self._index[item_id]
-        except KeyError:
-            raise KeyError(f"unknown item {item_id!r} (not in the pool)") from None
+        return build_optimizer(model.parameters(), "adam", lr=self.cfg.lr, betas=(0.9, 0.98), eps=1e-9)
 
     # ------------------------------------------------------------------------------------------ training
     def pool_ids(self) -> Sequence[ItemId]:
@@ -201,8 +190,8 @@ class TranslationTask:
     def fit(self, labels: Mapping[ItemId, Any], ctx: Context) -> Mapping[str, float]:
         if not labels:
             raise ValueError("fit needs at least one label")
-        items = sorted(labels, key=self._position)          # independent of the labels' order
-        positions = np.asarray([self._position(i) for i in items], dtype=np.int64)
+        items = sorted(labels, key=self.items.position)     # independent of the labels' order
+        positions = self.items.positions(items)
         targets = self._encode([self.check_label(i, labels[i]) for i in items])
         sources = [self._src[p] for p in positions]
         cur = self.cfg.curriculum
@@ -220,8 +209,7 @@ class TranslationTask:
         losses: list[float] = []
         last_c = 1.0
         self.model.train()
-        with torch.random.fork_rng(devices=self._rng_devices()):
-            torch.manual_seed(seed_for(ctx.seed, ctx.round, "nlp-dropout"))
+        with seeded(seed_for(ctx.seed, ctx.round, "nlp-dropout"), self.device):
             bar = tqdm(sampler, total=steps, desc=f"fit round {ctx.round}", unit="step", leave=False,
                        disable=not (self.env.progress and ctx.progress))
             for t, batch, c in bar:
@@ -316,7 +304,7 @@ class TranslationTask:
                 raise ValueError(f"the translation task offers MC modes dropout and batchwise, not {mc.mode!r}")
             if mc.samples < 1:
                 raise ValueError(f"MC needs samples >= 1, got {mc.samples}")
-        positions = [self._position(i) for i in ids]
+        positions = [self.items.position(i) for i in ids]
         return self._predict(positions, set(want), mc)
 
     def _predict(self, positions: list[int], want: set[str], mc: MC | None) -> Iterator[dict[str, np.ndarray]]:
@@ -356,11 +344,10 @@ class TranslationTask:
 
     # ------------------------------------------------------------------------------------------ labels
     def true_label(self, item_id: ItemId) -> str:
-        return self.pool.targets[self._position(item_id)]
+        return self.pool.targets[self.items.position(item_id)]
 
     def check_label(self, item_id: ItemId, value: Any) -> str:
-        if item_id not in self._index:
-            raise ValueError(f"unknown item {item_id!r} (not in the pool)")
+        self.items.check(item_id)
         return check_text(value)
 
     def label_schema(self) -> dict[str, Any]:
@@ -374,7 +361,7 @@ class TranslationTask:
         if not self.fitted:
             return [None] * len(ids)
         out: list[str | None] = []
-        for text in self._translate([self._src[self._position(i)] for i in ids]):
+        for text in self._translate([self._src[self.items.position(i)] for i in ids]):
             try:
                 out.append(check_text(text))
             except ValueError:
@@ -382,27 +369,20 @@ class TranslationTask:
         return out
 
     def describe(self, item_id: ItemId) -> Mapping[str, Any]:
-        position = self._position(item_id)
+        position = self.items.position(item_id)
         return {"text": self.pool.sources[position], "source_lang": self.cfg.data.source_lang,
                 "target_lang": self.cfg.data.target_lang,
                 "difficulty": round(float(self.pool_difficulty[position]), 4)}
 
     # ------------------------------------------------------------------------------------------ checkpoints
+    def _matches(self) -> dict[str, Any]:
+        return {"pool_size": len(self.pool), "tokenizer": self.tokenizer.to_str()}
+
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "fitted": self.fitted,
-            "tokenizer": self.tokenizer.to_str(),
-            "pool_size": len(self.pool),
-        }
+        return checkpoint(matches=self._matches(), model=self.model, optimizer=self.optimizer, fitted=self.fitted)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state["pool_size"] != len(self.pool) or state["tokenizer"] != self.tokenizer.to_str():
-            raise UserError("checkpoint does not match the task's data (pool size or vocabulary differ)")
-        self.model = self._new_model(0)
-        self.model.load_state_dict(state["model"])
-        self.model.eval()
-        self.optimizer = self._new_optimizer(self.model)
-        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        check(state, self._matches())
+        self.model = restore(self._new_model(0), state["model"]).eval()
+        self.optimizer = restore(self._new_optimizer(self.model), state["optimizer"])
         self.fitted = bool(state["fitted"])

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from activelab.protocol import Context, Env, ItemId, Task
-from activelab.scorers.uncertainty import score_chunks
+from activelab.strategies.uncertainty import score_chunks
 
 from .task import CTC_ENTROPY, CTC_LEAST_CONFIDENCE, PREDICTED_LOSS, PREDICTED_LOSS_NORM
 

@@ -39,8 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
-from activelab.errors import UserError
 from activelab.protocol import MC, Context, Env, ItemId, rng_for, seed_for
+from activelab.torchkit import ItemIndex, build_optimizer, check, checkpoint, restore, seeded
 
 from .data import (SpeechDataConfig, Utterance, audio_fingerprint, load_speech_data, normalise_transcript,
                    read_audio, transcript_problem)
@@ -121,7 +121,7 @@ class RecognitionTask:
         data = load_speech_data(config.data, env.seed)
         self.sample_rate = data.sample_rate
         self.pool, self.test = data.pool, data.test
-        self._index = {u.id: i for i, u in enumerate(self.pool)}
+        self.items = ItemIndex(u.id for u in self.pool)
         self.logmel = LogMel(self.sample_rate, config.n_mels)
         self._features = lru_cache(maxsize=config.feature_cache)(self._compute_features)
         self.vocab: list[str] = []
@@ -134,10 +134,7 @@ class RecognitionTask:
             return self.logmel(read_audio(path, self.sample_rate, self.cfg.data.resample)).clone()
 
     def _utterance(self, item_id: ItemId) -> Utterance:
-        try:
-            return self.pool[self._index[item_id]]
-        except KeyError:
-            raise KeyError(f"unknown item {item_id!r} (not in the pool)") from None
+        return self.pool[self.items.position(item_id)]
 
     def _batch(self, utts: Sequence[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded features (B, T, n_mels) and frame counts (B,) (100 frames per second)."""
@@ -171,8 +168,7 @@ class RecognitionTask:
 
     def _new_model(self, vocab_size: int, seed: int) -> CTCModel:
         lp = self.cfg.loss_prediction
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             model = CTCModel(vocab_size, self.cfg.n_mels, self.cfg.dim, self.cfg.layers,
                              self.cfg.encoder, self.cfg.subsample, self.cfg.dropout,
                              lp.hidden if lp.enabled else None)
@@ -187,8 +183,7 @@ class RecognitionTask:
         chars = {c for t in transcripts for c in t}
         if self.model is not None and self.cfg.fine_tune:
             self.vocab += sorted(chars - set(self.vocab))
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed_for(ctx.seed, ctx.round, "speech-grow"))
+            with seeded(seed_for(ctx.seed, ctx.round, "speech-grow")):
                 self.model.grow_vocabulary(len(self.vocab))
         else:
             self.vocab = sorted(chars)
@@ -210,7 +205,7 @@ class RecognitionTask:
         if cfg.max_steps is not None:
             steps = min(steps, cfg.max_steps)
         detach_from = math.inf if lp.detach_after is None else lp.detach_after * steps
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = build_optimizer(model.parameters(), "adam", lr=cfg.lr, weight_decay=cfg.weight_decay)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
         shuffle = torch.Generator().manual_seed(seed)
         seconds = torch.tensor([0.0])
@@ -218,8 +213,7 @@ class RecognitionTask:
         counted = 0
         model.train()
         order: list[int] = []
-        with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
-            torch.manual_seed(seed)
+        with seeded(seed, self.device):
             for step in tqdm(range(steps), desc=desc, unit="step", disable=not progress, leave=False):
                 if len(order) < bs:
                     order += torch.randperm(n, generator=shuffle).tolist()
@@ -313,8 +307,7 @@ class RecognitionTask:
         return self._utterance(item_id).transcript
 
     def check_label(self, item_id: ItemId, value: Any) -> str:
-        if item_id not in self._index:
-            raise ValueError(f"unknown item {item_id!r} (not in the pool)")
+        self.items.check(item_id)
         if not isinstance(value, str):
             raise ValueError(f"invalid transcript {value!r}: a transcript is text")
         problem = transcript_problem(value)          # the rule the data readers apply too
@@ -354,20 +347,14 @@ class RecognitionTask:
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": None if self.model is None else {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            "vocab": list(self.vocab),
-            "labelled": list(self.labelled),
-            "pool_size": len(self.pool),
-        }
+        # no optimizer: every fit starts a fresh Adam and one-cycle schedule
+        return checkpoint(matches={"pool_size": len(self.pool)}, model=self.model, vocab=list(self.vocab),
+                          labelled=list(self.labelled))
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state["pool_size"] != len(self.pool):
-            raise UserError("checkpoint does not match the task's data (pool size differs)")
+        check(state, {"pool_size": len(self.pool)})
         self.vocab = list(state["vocab"])
         self.labelled = list(state["labelled"])
         self.model = None
         if state["model"] is not None:
-            self.model = self._new_model(len(self.vocab), 0)
-            self.model.load_state_dict(state["model"])
-            self.model.eval()
+            self.model = restore(self._new_model(len(self.vocab), 0), state["model"]).eval()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from activelab.scorers.uncertainty import entropy  # noqa: F401  (nats; shared with the core scorer)
+from activelab.strategies.uncertainty import entropy  # noqa: F401  (nats; shared with the core scorer)
 
 
 def ceal_delta(delta0: float, dr: float, round: int) -> float:

@@ -12,12 +12,11 @@ and calls :meth:`ClassificationTask.fit`, which
    ``train_loss``.
 
 All randomness of a fit (initialisation, shuffling, dropout) is drawn from generators seeded by
-(seed, round), inside :func:`torch.random.fork_rng`, so the same labels and state give bit-identical weights on
+(seed, round), inside :func:`activelab.torchkit.seeded`, so the same labels and state give bit-identical weights on
 the CPU and the global torch RNG is left as it was.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -33,10 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import accuracy_score, f1_score
 from tqdm.auto import tqdm
 
-from activelab.dropout import mc_dropout
-from activelab.errors import UserError
 from activelab.protocol import (BOOTSTRAP, EMBEDDINGS, MC, MC_DROPOUT, PROBS, Context, Env, ItemId, rng_for,
                                 seed_for)
+from activelab.torchkit import ItemIndex, build_optimizer, check, checkpoint, mc_dropout, restore, seeded
 
 from .ceal import ceal_delta, entropy, high_confidence
 from .datasets import DataConfig, load_data
@@ -94,7 +92,7 @@ class ClassificationTask:
         data = load_data(config.data, env.seed)
         self.classes = data.classes
         self.pool, self.test = data.pool, data.test
-        self._index = {item: i for i, item in enumerate(self.pool.ids)}
+        self.items = ItemIndex(self.pool.ids)
         self._class_index = {name: i for i, name in enumerate(self.classes)}
         images = self.pool.images
         self._mean = images.mean(dim=(0, 2, 3), keepdim=True)
@@ -106,21 +104,15 @@ class ClassificationTask:
         self.members: list[torch.nn.Module] = []
 
     # ------------------------------------------------------------------------------------------ building
-    def _rng_devices(self) -> list[int]:
-        return [self.device.index or 0] if self.device.type == "cuda" else []
-
     def _new_model(self, seed: int) -> torch.nn.Module:
         channels, size = self.pool.images.shape[1], self.pool.images.shape[-1]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             model = build_model(self.cfg.model, channels, len(self.classes), size, self.cfg.dropout)
         return model.to(self.device)
 
     def _new_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        if self.cfg.optimizer == "sgd":
-            return torch.optim.SGD(model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum,
-                                   weight_decay=self.cfg.weight_decay)
-        return torch.optim.Adam(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        return build_optimizer(model.parameters(), self.cfg.optimizer, lr=self.cfg.lr,
+                               weight_decay=self.cfg.weight_decay, momentum=self.cfg.momentum)
 
     def _inputs(self, images: torch.Tensor) -> torch.Tensor:
         return ((images - self._mean) / self._std).to(self.device)
@@ -132,15 +124,9 @@ class ClassificationTask:
     def _labelled(self, labels: Mapping[ItemId, Any]) -> tuple[np.ndarray, np.ndarray]:
         """Pool positions and class indices of the labelled items, in sorted order of item id."""
         ids = sorted(labels)
-        index = np.asarray([self._position(i) for i in ids], dtype=np.int64)
+        index = self.items.positions(ids)
         y = np.asarray([self.check_label(i, labels[i]) for i in ids], dtype=np.int64)
         return index, y
-
-    def _position(self, item_id: ItemId) -> int:
-        try:
-            return self._index[item_id]
-        except KeyError:
-            raise KeyError(f"unknown item {item_id!r} (not in the pool)") from None
 
     def pseudo_labels(self, labels: Mapping[ItemId, Any], round: int) -> tuple[np.ndarray, np.ndarray, float | None]:
         """CEAL's high-confidence samples for this round: (pool positions, pseudo-labels, delta_t).
@@ -202,8 +188,7 @@ class ClassificationTask:
         shuffle = torch.Generator().manual_seed(seed)
         model.train()
         last = float("nan")
-        with torch.random.fork_rng(devices=self._rng_devices()):
-            torch.manual_seed(seed)          # dropout masks
+        with seeded(seed, self.device):      # dropout masks
             for _ in tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress, leave=False):
                 order = torch.randperm(n, generator=shuffle).to(self.device)
                 total = 0.0
@@ -244,8 +229,7 @@ class ClassificationTask:
             if mc.mode == "bootstrap" and mc.samples > len(self.members):
                 raise ValueError(f"MC(mode='bootstrap', samples={mc.samples}) needs fit_bootstrap(labels, n >= "
                                  f"{mc.samples}) first; {len(self.members)} members trained")
-        positions = np.asarray([self._position(i) for i in ids], dtype=np.int64)
-        return self._predict_positions(positions, set(want), mc)
+        return self._predict_positions(self.items.positions(ids), set(want), mc)
 
     def _predict_positions(self, positions: np.ndarray, want: set[str], mc: MC | None,
                            images: torch.Tensor | None = None) -> Iterator[dict[str, np.ndarray]]:
@@ -311,7 +295,7 @@ class ClassificationTask:
 
     # ------------------------------------------------------------------------------------------ labels
     def true_label(self, item_id: ItemId) -> int:
-        return int(self.pool.labels[self._position(item_id)])
+        return int(self.pool.labels[self.items.position(item_id)])
 
     def _canonical(self, value: Any) -> int:
         if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
@@ -323,8 +307,7 @@ class ClassificationTask:
                          f"({', '.join(self.classes)})")
 
     def check_label(self, item_id: ItemId, value: Any) -> int:
-        if item_id not in self._index:
-            raise ValueError(f"unknown item {item_id!r} (not in the pool)")
+        self.items.check(item_id)
         return self._canonical(value)
 
     def label_schema(self) -> dict[str, Any]:
@@ -341,7 +324,7 @@ class ClassificationTask:
         return other + (other >= true)
 
     def describe(self, item_id: ItemId) -> Mapping[str, Any]:
-        position = self._position(item_id)
+        position = self.items.position(item_id)
         if self.pool.paths is not None:
             return {"image": self.pool.paths[position], "classes": list(self.classes)}
         return {"image": str(self._preview(item_id, position)), "classes": list(self.classes)}
@@ -362,27 +345,17 @@ class ClassificationTask:
         return path
 
     # ------------------------------------------------------------------------------------------ checkpoints
+    def _matches(self) -> dict[str, Any]:
+        return {"classes": list(self.classes), "pool_size": len(self.pool)}
+
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "fitted": self.fitted,
-            "members": [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.members],
-            "classes": list(self.classes),
-            "pool_size": len(self.pool),
-        }
+        return checkpoint(matches=self._matches(), model=self.model, optimizer=self.optimizer, members=self.members,
+                          fitted=self.fitted)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if list(state["classes"]) != self.classes or state["pool_size"] != len(self.pool):
-            raise UserError("checkpoint does not match the task's data (classes or pool size differ)")
-        self.model = self._new_model(0)
-        self.model.load_state_dict(state["model"])
-        self.optimizer = self._new_optimizer(self.model)
-        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        check(state, self._matches())
+        self.model = restore(self._new_model(0), state["model"]).eval()
+        self.optimizer = restore(self._new_optimizer(self.model), state["optimizer"])
         self.fitted = bool(state["fitted"])
-        self.members = []
-        for member_state in state["members"]:
-            member = self._new_model(0)
-            member.load_state_dict(member_state)
-            self.members.append(member.eval())
-        self.model.eval()
+        self.members = [restore(self._new_model(0), weights, f"bootstrap member {m}").eval()
+                        for m, weights in enumerate(state["members"])]

@@ -37,7 +37,6 @@ CPU (tested).
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -53,9 +52,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm.auto import tqdm
 
-from activelab.dropout import derive_seed
 from activelab.errors import UserError
-from activelab.protocol import MC, Context, Env, ItemId, rng_for
+from activelab.protocol import MC, TORCH_SEED_BOUND, Context, Env, ItemId, rng_for, seed_for
+from activelab.torchkit import build_optimizer, check, checkpoint, restore, seeded, snapshot
 
 from .corruptions import LEVELS, corrupt
 from .images import read_image, to_array
@@ -326,13 +325,12 @@ class RestorationTask:
 
     def _new_model(self) -> nn.Module:
         cfg = self.cfg
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.env.seed, "restoration-init"))
+        with seeded(seed_for(self.env.seed, "restoration-init", below=TORCH_SEED_BOUND)):
             model = EncoderDecoder(cfg.data.channels, cfg.width, cfg.depth, cfg.skips, cfg.residual)
         return model.to(self.device).eval()
 
     def _new_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.Adam(model.parameters(), lr=self.cfg.lr, betas=(self.cfg.beta1, 0.999))
+        return build_optimizer(model.parameters(), "adam", lr=self.cfg.lr, betas=(self.cfg.beta1, 0.999))
 
     # ------------------------------------------------------------------------------------------ samples
     def samples(self, label: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -370,8 +368,7 @@ class RestorationTask:
         bs = self.cfg.batch_size
         total = 0.0
         self.model.train()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(ctx.seed, ctx.round, "restoration-fit"))
+        with seeded(seed_for(ctx.seed, ctx.round, "restoration-fit", below=TORCH_SEED_BOUND), self.device):
             for start in tqdm(range(0, n, bs), desc=f"fit round {ctx.round}", unit="batch", leave=False,
                               disable=not (self.env.progress and ctx.progress)):
                 batch = order[start:start + bs]
@@ -548,31 +545,22 @@ class RestorationTask:
                 "round": rnd}
 
     # ------------------------------------------------------------------------------------------ checkpoints
+    def _matches(self) -> dict[str, Any]:
+        return {"task": self.cfg.task, "images": list(self.image_names)}
+
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "average": None if self.average is None else {k: v.detach().clone() for k, v in self.average.state_dict().items()},
-            "steps": self.steps,
-            "last_round": self.last_round,
-            "n_seen": self.n_seen,
-            "task": self.cfg.task,
-            "images": list(self.image_names),
-        }
+        return checkpoint(matches=self._matches(), model=self.model, optimizer=self.optimizer,
+                          average=snapshot(self.average), steps=self.steps, last_round=self.last_round,
+                          n_seen=self.n_seen)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state["task"] != self.cfg.task or list(state["images"]) != self.image_names:
-            raise UserError("checkpoint does not match the task (restoration task or source images differ)")
-        self.model = self._new_model()
-        self.model.load_state_dict(state["model"])
-        self.optimizer = self._new_optimizer(self.model)
-        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
-        self.model.eval()
+        check(state, self._matches(), "the task")
+        self.model = restore(self._new_model(), state["model"]).eval()
+        self.optimizer = restore(self._new_optimizer(self.model), state["optimizer"])
         if self.average is not None:
             if state["average"] is None:
                 raise UserError("checkpoint has no weight average but task.params.ema is set")
-            self.average = self._new_model()
-            self.average.load_state_dict(state["average"])
+            self.average = restore(self._new_model(), state["average"], "the weight average")
         self.steps = int(state["steps"])
         self.last_round = int(state["last_round"])
         self.n_seen = int(state["n_seen"])

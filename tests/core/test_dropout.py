@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from activelab.device import pick_device
-from activelab.dropout import mc_dropout
+from activelab.torchkit import mc_dropout
 
 torch.set_num_threads(1)
 

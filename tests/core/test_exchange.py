@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from activelab import labelstudio
+from activelab.labelling import label_studio
 from activelab.cli import main
-from activelab.loop import status
+from activelab.run import status
 from activelab.testing import OracleConformance, ToyTask
-from activelab.oracles.exchange import ExchangeOracle
+from activelab.labelling.files import ExchangeOracle
 
 PARAMS = {"n_items": 40, "n_test": 40, "epochs": 5}
 RECIPE = {
@@ -29,6 +29,8 @@ TRUTH = ToyTask(ToyTask.Config(**PARAMS))
 
 
 class TestExchangeConformance(OracleConformance):
+    covers = ("core", "oracle", "exchange")
+
     def make_oracle(self):
         return ExchangeOracle()
 
@@ -256,7 +258,7 @@ def test_export_and_import_refuse_what_they_cannot_do(run, tmp_path, capsys):
 
 
 def test_media_paths_become_urls(tmp_path):
-    from activelab.exchange import _url
+    from activelab.labelling.files import _url
 
     assert _url("/data/x/a b.png", "/data/local-files/?d=", "/data") == "/data/local-files/?d=x/a%20b.png"
     assert _url("http://host/a.png", "/p/", None) == "http://host/a.png"
@@ -267,30 +269,30 @@ def test_media_paths_become_urls(tmp_path):
 def test_label_studio_rectangles_convert_both_ways():
     kind = {"type": "rectangles", "classes": ["car", "person"]}
     boxes = [{"label": "car", "box": [10, 20, 50, 60]}, {"label": 1, "box": [0, 0, 200, 100], "score": 0.5}]
-    regions = labelstudio.to_result(boxes, kind, "image", (200, 100))
+    regions = label_studio.to_result(boxes, kind, "image", (200, 100))
     assert regions[0]["value"] == {"x": 5.0, "y": 20.0, "width": 20.0, "height": 40.0, "rotation": 0,
                                    "rectanglelabels": ["car"]}
     assert regions[1]["value"]["rectanglelabels"] == ["person"] and regions[1]["score"] == 0.5
-    assert labelstudio.from_result(regions, kind, None) == [{"label": "car", "box": [10, 20, 50, 60]},
+    assert label_studio.from_result(regions, kind, None) == [{"label": "car", "box": [10, 20, 50, 60]},
                                                             {"label": "person", "box": [0, 0, 200, 100]}]
-    assert labelstudio.from_result([], kind, None) == []                        # nothing in the image
+    assert label_studio.from_result([], kind, None) == []                        # nothing in the image
     with pytest.raises(ValueError, match="malformed box"):
-        labelstudio.from_result([{"type": "rectanglelabels", "value": {"x": 1}}], kind, (10, 10))
-    xml = ET.fromstring(labelstudio.config_xml(kind, {"image": "a.png"}))
+        label_studio.from_result([{"type": "rectanglelabels", "value": {"x": 1}}], kind, (10, 10))
+    xml = ET.fromstring(label_studio.config_xml(kind, {"image": "a.png"}))
     assert xml.find("Image").get("name") == "image"
     assert [x.get("value") for x in xml.find("RectangleLabels")] == ["car", "person"]
 
 
 def test_label_studio_text_and_audio():
     kind = {"type": "text"}
-    xml = ET.fromstring(labelstudio.config_xml(kind, {"audio": "a.wav", "text": "reference"}))
+    xml = ET.fromstring(label_studio.config_xml(kind, {"audio": "a.wav", "text": "reference"}))
     assert xml.find("Audio") is not None and xml.find("TextArea").get("toName") == "audio"
-    region = labelstudio.to_result("hello world", kind, "audio", None)
-    assert labelstudio.from_result(region, kind, None) == "hello world"
+    region = label_studio.to_result("hello world", kind, "audio", None)
+    assert label_studio.from_result(region, kind, None) == "hello world"
     with pytest.raises(ValueError, match="empty text"):
-        labelstudio.from_result([{"type": "textarea", "value": {"text": ["  "]}}], kind, None)
+        label_studio.from_result([{"type": "textarea", "value": {"text": ["  "]}}], kind, None)
     with pytest.raises(ValueError, match="no text"):
-        labelstudio.from_result([], kind, None)
+        label_studio.from_result([], kind, None)
 
 
 def test_a_label_wins_over_a_skip_and_stale_skips_change_nothing(run, tmp_path, capsys):

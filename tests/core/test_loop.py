@@ -5,7 +5,8 @@ import pytest
 import yaml
 
 from activelab import recipe as recipes
-from activelab.loop import Runner, create_run, status
+from activelab.loop import Runner
+from activelab.run import create_run, status
 from activelab.protocol import Label, Quit
 
 TOY = {

@@ -18,7 +18,8 @@ from pydantic import BaseModel
 from activelab import recipe as recipes
 from activelab.cli import main
 from activelab.errors import UserError
-from activelab.loop import Runner, _pin_paths, create_run, status
+from activelab.loop import Runner
+from activelab.run import _pin_paths, create_run, status
 from activelab.store import LabelConflict, LabelFrozen, LabelStore
 
 TOY = {"name": "toy", "task": {"name": "toy", "params": {"n_items": 60, "n_test": 30, "epochs": 5}},
@@ -291,12 +292,12 @@ def test_a_full_disk_while_writing_a_checkpoint_is_a_user_error_with_nothing_hal
                                                                                            monkeypatch):
     path = write(tmp_path, TOY)
     out = tmp_path / "run"
-    import activelab.loop as loop
+    import activelab.run as run_module
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(loop.os, "fsync", full)
+    monkeypatch.setattr(run_module.os, "fsync", full)
     create_run_fsync = False
     try:
         code = main(["run", str(path), "--out", str(out), "-q"])

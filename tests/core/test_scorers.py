@@ -8,8 +8,8 @@ import torch
 
 from activelab.errors import UserError
 from activelab.protocol import BOOTSTRAP, EMBEDDINGS, MC, MC_DROPOUT, PROBS, Env, collect_scores
-from activelab.scorers.density import InformationDensity, KCenterGreedy, k_center_scores, mean_cosine
-from activelab.scorers.uncertainty import (BALD, Entropy, ExpectedGradientLength, LeastConfidence, Margin,
+from activelab.strategies.diversity import InformationDensity, KCenterGreedy, k_center_scores, mean_cosine
+from activelab.strategies.uncertainty import (BALD, Entropy, ExpectedGradientLength, LeastConfidence, Margin,
                                            QueryByCommittee, RandomScorer, bald, entropy,
                                            expected_gradient_length, least_confidence, margin, mean_kl,
                                            vote_entropy)
@@ -21,51 +21,71 @@ ENV = Env()
 
 # ------------------------------------------------------------------------------------------ conformance
 class TestRandomConformance(ScorerConformance):
+    covers = ("core", "scorer", "random")
+
     def make_scorer(self):
         return RandomScorer(RandomScorer.Config(), ENV)
 
 
 class TestLeastConfidenceConformance(ScorerConformance):
+    covers = ("core", "scorer", "least_confidence")
+
     def make_scorer(self):
         return LeastConfidence(LeastConfidence.Config(), ENV)
 
 
 class TestMarginConformance(ScorerConformance):
+    covers = ("core", "scorer", "margin")
+
     def make_scorer(self):
         return Margin(Margin.Config(), ENV)
 
 
 class TestEntropyConformance(ScorerConformance):
+    covers = ("core", "scorer", "entropy")
+
     def make_scorer(self):
         return Entropy(Entropy.Config(), ENV)
 
 
 class TestBALDConformance(ScorerConformance):
+    covers = ("core", "scorer", "bald")
+
     def make_scorer(self):
         return BALD(BALD.Config(samples=5), ENV)
 
 
 class TestQBCBatchwiseConformance(ScorerConformance):
+    covers = ("core", "scorer", "qbc")
+
     def make_scorer(self):
         return QueryByCommittee(QueryByCommittee.Config(members="batchwise", size=4), ENV)
 
 
 class TestQBCBootstrapConformance(ScorerConformance):
+    covers = ("core", "scorer", "qbc")
+
     def make_scorer(self):
         return QueryByCommittee(QueryByCommittee.Config(members="bootstrap", size=3, disagreement="kl"), ENV)
 
 
 class TestEGLConformance(ScorerConformance):
+    covers = ("core", "scorer", "egl")
+
     def make_scorer(self):
         return ExpectedGradientLength(ExpectedGradientLength.Config(), ENV)
 
 
 class TestDensityConformance(ScorerConformance):
+    covers = ("core", "scorer", "density")
+
     def make_scorer(self):
         return InformationDensity(InformationDensity.Config(base="margin", beta=2.0), ENV)
 
 
 class TestKCenterConformance(ScorerConformance):
+    covers = ("core", "scorer", "kcenter")
+
     def make_scorer(self):
         return KCenterGreedy(KCenterGreedy.Config(), ENV)
 

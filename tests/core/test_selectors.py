@@ -6,7 +6,7 @@ from pydantic import ValidationError
 
 from activelab.errors import UserError
 from activelab.protocol import Env
-from activelab.selectors import (Proportional, StreamThreshold, Subsample, TopK, largest_remainder,
+from activelab.strategies.selectors import (Proportional, StreamThreshold, Subsample, TopK, largest_remainder,
                                  top_k_indices)
 from activelab.testing import SelectorConformance, make_context
 
@@ -15,21 +15,29 @@ ENV = Env()
 
 
 class TestTopKConformance(SelectorConformance):
+    covers = ("core", "selector", "topk")
+
     def make_selector(self):
         return TopK(TopK.Config(), ENV)
 
 
 class TestSubsampleConformance(SelectorConformance):
+    covers = ("core", "selector", "subsample")
+
     def make_selector(self):
         return Subsample(Subsample.Config(size=15), ENV)
 
 
 class TestStreamConformance(SelectorConformance):
+    covers = ("core", "selector", "stream")
+
     def make_selector(self):
         return StreamThreshold(StreamThreshold.Config(threshold=0.3), ENV)
 
 
 class TestProportionalConformance(SelectorConformance):
+    covers = ("core", "selector", "proportional")
+
     def make_selector(self):
         return Proportional(Proportional.Config(floor=0.01), ENV)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from activelab.errors import UserError
-from activelab.oracles.simulated import SimulatedOracle
+from activelab.strategies.simulated import SimulatedOracle
 from activelab.protocol import Env, Label
 from activelab.testing import OracleConformance, ToyTask, make_context
 
@@ -14,11 +14,15 @@ torch.set_num_threads(1)
 
 
 class TestSimulatedOracleConformance(OracleConformance):
+    covers = ("core", "oracle", "simulated")
+
     def make_oracle(self):
         return SimulatedOracle(SimulatedOracle.Config(), Env())
 
 
 class TestNoisyOracleConformance(OracleConformance):
+    covers = ("core", "oracle", "simulated")
+
     def make_oracle(self):
         return SimulatedOracle(SimulatedOracle.Config(noise=0.5), Env())
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from activelab.oracles.terminal import TerminalOracle, ansi_preview, audio_seconds
+from activelab.labelling.terminal import TerminalOracle, ansi_preview, audio_seconds
 from activelab.protocol import Label, Quit, Skip, Undo
 from activelab.testing import OracleConformance, ToyTask, fitted_toy_task, make_context
 
@@ -29,6 +29,8 @@ def oracle(script: str, **params) -> tuple[TerminalOracle, io.StringIO]:
 
 
 class TestTerminalConformance(OracleConformance):
+    covers = ("core", "oracle", "terminal")
+
     def make_oracle(self):
         return oracle("1\n" * 40)[0]
 

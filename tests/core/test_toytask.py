@@ -9,6 +9,8 @@ torch.set_num_threads(1)
 
 
 class TestToyTaskConformance(TaskConformance):
+    covers = ("core", "task", "toy")
+
     def make_task(self):
         return ToyTask(ToyTask.Config(n_items=120, n_test=60, chunk_size=16), Env(seed=2))
 

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from activelab.protocol import Context, Env, ItemId, Task
-from activelab.scorers.uncertainty import score_chunks
+from activelab.strategies.uncertainty import score_chunks
 
 from .task import ANCHOR_ENTROPY_MAX, ANCHOR_ENTROPY_MEAN, MIAOD_UNCERTAINTY, MIAOD_UNCERTAINTY_MIL
 

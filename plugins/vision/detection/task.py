@@ -39,12 +39,11 @@ Outputs of :meth:`predict` (per image, for the scorers in :mod:`.scorers`): ``mi
 reduced over anchors: the plain uncertainty baseline).
 
 All randomness of a fit (initialisation, shuffling, flips, unlabelled batches) is drawn from generators seeded by
-(seed, round), inside :func:`torch.random.fork_rng`, so the same labels give bit-identical weights on the CPU.
+(seed, round), inside :func:`activelab.torchkit.seeded`, so the same labels give bit-identical weights on the CPU.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import pickle
 import time
@@ -59,6 +58,7 @@ from tqdm.auto import tqdm
 
 from activelab.errors import UserError
 from activelab.protocol import MC, Context, Env, ItemId, seed_for
+from activelab.torchkit import ItemIndex, build_optimizer, check, checkpoint, restore, seeded
 
 from ..paths import DataPath
 from . import miaod
@@ -167,7 +167,7 @@ class DetectionTask:
         self.classes = list(data.classes)
         self.category_ids = list(data.category_ids)
         self.pool, self.test = data.pool, data.test
-        self._index = {image.id: i for i, image in enumerate(self.pool)}
+        self.items = ItemIndex(image.id for image in self.pool)
         self._class_index = {name: i for i, name in enumerate(self.classes)}
         self._stride = STRIDE[config.backbone]
         self._mean = torch.tensor(MEAN).view(3, 1, 1)
@@ -191,13 +191,9 @@ class DetectionTask:
             total += 3 * 4 * w * h
         return total < CACHE_BYTES
 
-    def _rng_devices(self) -> list[int]:
-        return [self.device.index or 0] if self.device.type == "cuda" else []
-
     def _new_model(self, seed: int) -> miaod.MIAODDetector:
         cfg = self.cfg
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             try:
                 adapter_cls = TorchvisionAdapter
                 if cfg.adapter == "mmdet":
@@ -212,11 +208,8 @@ class DetectionTask:
         return model.to(self.device).eval()
 
     def _new_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        params = [p for p in model.parameters() if p.requires_grad]
-        if self.cfg.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum,
-                                   weight_decay=self.cfg.weight_decay)
-        return torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        return build_optimizer(model.parameters(), self.cfg.optimizer, lr=self.cfg.lr,
+                               weight_decay=self.cfg.weight_decay, momentum=self.cfg.momentum)
 
     # ------------------------------------------------------------------------------------------ images
     def _scale(self, image: DetectionImage) -> float:
@@ -273,12 +266,6 @@ class DetectionTask:
     def pool_ids(self) -> Sequence[ItemId]:
         return [image.id for image in self.pool]
 
-    def _position(self, item_id: ItemId) -> int:
-        try:
-            return self._index[item_id]
-        except KeyError:
-            raise KeyError(f"unknown item {item_id!r} (not in the pool)") from None
-
     def _arrays(self, value: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
         boxes = np.asarray([b["box"] for b in value], dtype=np.float32).reshape(-1, 4)
         labels = np.asarray([self._class_index[b["label"]] for b in value], dtype=np.int64)
@@ -289,11 +276,11 @@ class DetectionTask:
             raise ValueError("fit needs at least one label")
         run_dir = ctx.run_dir if ctx.run_dir is not None else self.env.run_dir
         if self.fitted and run_dir is not None:
-            self.draw_selection(sorted(set(labels) - set(self.trained_on), key=self._position),
+            self.draw_selection(sorted(set(labels) - set(self.trained_on), key=self.items.position),
                                 Path(run_dir) / "selections" / f"round_{ctx.round:02d}.png",
                                 title=f"round {ctx.round}: the selection of the round {ctx.round - 1} model")
-        ids = sorted(labels, key=self._position)
-        positions = [self._position(i) for i in ids]
+        ids = sorted(labels, key=self.items.position)
+        positions = [self.items.position(i) for i in ids]
         values = [self._arrays(self.check_label(i, labels[i])) for i in ids]
         taken = set(positions)
         unlabelled = [p for p in range(len(self.pool)) if p not in taken]
@@ -303,8 +290,7 @@ class DetectionTask:
         seed = seed_for(ctx.seed, ctx.round, "detection-fit")
         started = time.perf_counter()
         stats: dict[str, float] = {"n_train": len(ids), "n_unlabelled": len(unlabelled)}
-        with torch.random.fork_rng(devices=self._rng_devices()):
-            torch.manual_seed(seed)
+        with seeded(seed, self.device):
             stats.update(self._train(positions, values, unlabelled, seed,
                                      progress=self.env.progress and ctx.progress, desc=f"fit round {ctx.round}"))
         stats["train_seconds"] = round(time.perf_counter() - started, 3)
@@ -396,7 +382,7 @@ class DetectionTask:
         unknown = want - OUTPUTS
         if unknown:
             raise ValueError(f"unknown outputs {sorted(unknown)}; available: {', '.join(sorted(OUTPUTS))}")
-        images = [self.pool[self._position(i)] for i in ids]
+        images = [self.pool[self.items.position(i)] for i in ids]
         return self._predict(images, want)
 
     def _predict(self, images: list[DetectionImage], want: set[str]) -> Iterator[dict[str, np.ndarray]]:
@@ -439,7 +425,7 @@ class DetectionTask:
         """A picture of ``ids`` with the current model's boxes (and the true ones) and its MI-AOD score."""
         from .draw import draw_selection
 
-        images = [self.pool[self._position(i)] for i in ids]
+        images = [self.pool[self.items.position(i)] for i in ids]
         scores = None
         if images:
             scores = [float(v) for chunk in self._predict(images, {MIAOD_UNCERTAINTY}) for v in chunk[MIAOD_UNCERTAINTY]]
@@ -453,7 +439,7 @@ class DetectionTask:
 
     # ------------------------------------------------------------------------------------------ labels
     def true_label(self, item_id: ItemId) -> list[dict[str, Any]]:
-        image = self.pool[self._position(item_id)]
+        image = self.pool[self.items.position(item_id)]
         return [{"label": self.classes[int(c)], "box": [round(float(v), 2) for v in box]}
                 for box, c in zip(image.boxes, image.labels)]
 
@@ -469,9 +455,7 @@ class DetectionTask:
     def check_label(self, item_id: ItemId, value: Any) -> list[dict[str, Any]]:
         """A list of ``{"label": class, "box": [x0, y0, x1, y1]}`` in pixels of the image file (an empty list: no
         objects). Class names or indices; boxes up to 1 px outside the image are clipped, further out refused."""
-        if item_id not in self._index:
-            raise ValueError(f"unknown item {item_id!r} (not in the pool)")
-        image = self.pool[self._index[item_id]]
+        image = self.pool[self.items.check(item_id)]
         if not isinstance(value, (list, tuple)):
             raise ValueError(f'a detection label is a list of boxes [{{"label": "<class>", "box": [x0, y0, x1, y1]}}, '
                              f'...] (an empty list: no objects), got {type(value).__name__}')
@@ -504,14 +488,14 @@ class DetectionTask:
         return {"type": "rectangles", "classes": list(self.classes)}
 
     def describe(self, item_id: ItemId) -> Mapping[str, Any]:
-        image = self.pool[self._position(item_id)]
+        image = self.pool[self.items.position(item_id)]
         return {"image": str(image.path), "width": image.width, "height": image.height}
 
     def suggest(self, ids: Sequence[ItemId]) -> list[list[dict[str, Any]] | None]:
         """The current model's detections scoring at least ``suggest_threshold``, canonical; None before a fit."""
         if not self.fitted:
             return [None] * len(ids)
-        images = [self.pool[self._position(i)] for i in ids]
+        images = [self.pool[self.items.position(i)] for i in ids]
         out = []
         for item, det in zip(ids, self.detections(images)):
             keep = det["scores"] >= self.cfg.suggest_threshold
@@ -537,23 +521,16 @@ class DetectionTask:
         return boxes
 
     # ------------------------------------------------------------------------------------------ checkpoints
+    def _matches(self) -> dict[str, Any]:
+        return {"classes": list(self.classes), "pool_size": len(self.pool)}
+
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "fitted": self.fitted,
-            "trained_on": list(self.trained_on),
-            "classes": list(self.classes),
-            "pool_size": len(self.pool),
-        }
+        return checkpoint(matches=self._matches(), model=self.model, optimizer=self.optimizer, fitted=self.fitted,
+                          trained_on=list(self.trained_on))
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if list(state["classes"]) != self.classes or state["pool_size"] != len(self.pool):
-            raise UserError("checkpoint does not match the task's data (classes or pool size differ)")
-        self.model = self._new_model(0)
-        self.model.load_state_dict(state["model"])
-        self.optimizer = self._new_optimizer(self.model)
-        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        check(state, self._matches())
+        self.model = restore(self._new_model(0), state["model"]).eval()
+        self.optimizer = restore(self._new_optimizer(self.model), state["optimizer"])
         self.fitted = bool(state["fitted"])
         self.trained_on = list(state.get("trained_on", []))
-        self.model.eval()

@@ -6,7 +6,7 @@ import json
 import yaml
 
 from activelab.cli import main
-from activelab.oracles.terminal import TerminalOracle
+from activelab.labelling.terminal import TerminalOracle
 from activelab.protocol import Label, Quit
 from activelab.testing import make_context
 

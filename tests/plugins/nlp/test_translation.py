@@ -192,6 +192,8 @@ def test_numbers_corpus_is_deterministic():
 
 # ------------------------------------------------------------------------------------------ the task
 class TestTranslationConformance(TaskConformance):
+    covers = ("nlp", "task", "translation")
+
     def make_task(self):
         return tiny_task()
 
@@ -205,7 +207,8 @@ class TestTranslationConformance(TaskConformance):
         return list(task.pool_ids())[:40]
 
 
-def test_same_seed_same_weights_and_exact_round_trip():
+@pytest.mark.parametrize("layout", ["torchkit", "0.1"])
+def test_same_seed_same_weights_and_exact_round_trip(layout, old_layout):
     a, b = tiny_task(), tiny_task()
     labels = {i: a.true_label(i) for i in a.pool_ids()[:20]}
     a.fit(labels, make_context(round=2, seed=3))
@@ -213,7 +216,7 @@ def test_same_seed_same_weights_and_exact_round_trip():
     for (k, v), w in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(v, w), k
     buffer = io.BytesIO()
-    torch.save(a.state_dict(), buffer)
+    torch.save(a.state_dict() if layout == "torchkit" else old_layout(a.state_dict(), drop=("members",)), buffer)
     buffer.seek(0)
     c = tiny_task(fine_tune=True)
     c.load_state_dict(torch.load(buffer, weights_only=False))
@@ -259,16 +262,22 @@ class _NLPScorerConformance(ScorerConformance):
 
 
 class TestGreedyNLL(_NLPScorerConformance):
+    covers = ("nlp", "scorer", "nll")
+
     def make_scorer(self):
         return GreedyNLL()
 
 
 class TestMCDisagreement(_NLPScorerConformance):
+    covers = ("nlp", "scorer", "mc_disagreement")
+
     def make_scorer(self):
         return MCDisagreement(MCDisagreement.Config(samples=3))
 
 
 class TestCurriculumNLL(_NLPScorerConformance):
+    covers = ("nlp", "scorer", "curriculum_nll")
+
     def make_scorer(self):
         return CurriculumNLL(CurriculumNLL.Config(rounds=4))
 

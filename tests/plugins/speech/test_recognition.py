@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from activelab.cli import main
-from activelab.oracles.terminal import TerminalOracle
+from activelab.labelling.terminal import TerminalOracle
 from activelab.protocol import Env, Label, Quit
 from activelab.testing import ScorerConformance, TaskConformance, make_context, true_labels
 from activelab.plugins.speech import synth
@@ -96,6 +96,8 @@ def fitted(commands) -> RecognitionTask:
 
 
 class TestRecognitionConformance(TaskConformance):
+    covers = ("speech", "task", "recognition")
+
     @pytest.fixture(autouse=True)
     def _data(self, commands):
         self.folder = commands
@@ -143,10 +145,12 @@ def test_transcripts_are_checked_and_normalised(fitted):
     assert Path(fitted.describe(item)["audio"]).exists()
 
 
-def test_a_state_dict_round_trip_predicts_the_same(commands, fitted):
+@pytest.mark.parametrize("layout", ["torchkit", "0.1"])
+def test_a_state_dict_round_trip_predicts_the_same(commands, fitted, layout, old_layout):
     ids = list(fitted.pool_ids())[20:30]
     restored = make_task(commands)
-    restored.load_state_dict(fitted.state_dict())
+    state = fitted.state_dict()
+    restored.load_state_dict(state if layout == "torchkit" else old_layout(state, drop=("optimizer", "members")))
     a = np.concatenate([c[PREDICTED_LOSS] for c in fitted.predict(ids, {PREDICTED_LOSS})])
     b = np.concatenate([c[PREDICTED_LOSS] for c in restored.predict(ids, {PREDICTED_LOSS})])
     np.testing.assert_array_equal(a, b)
@@ -154,6 +158,8 @@ def test_a_state_dict_round_trip_predicts_the_same(commands, fitted):
 
 
 class TestPredictedLossConformance(ScorerConformance):
+    covers = ("speech", "scorer", "predicted_loss")
+
     @pytest.fixture(autouse=True)
     def _task(self, fitted):
         self.task = fitted
@@ -163,6 +169,20 @@ class TestPredictedLossConformance(ScorerConformance):
 
     def make_task(self):
         return self.task
+
+
+class TestCTCLeastConfidenceConformance(TestPredictedLossConformance):
+    covers = ("speech", "scorer", "ctc_least_confidence")
+
+    def make_scorer(self):
+        return CTCLeastConfidence()
+
+
+class TestCTCEntropyConformance(TestPredictedLossConformance):
+    covers = ("speech", "scorer", "ctc_entropy")
+
+    def make_scorer(self):
+        return CTCEntropy()
 
 
 def test_scorers_read_the_outputs_they_name(fitted):

@@ -184,7 +184,7 @@ def test_hf_dataset_saved_to_disk(tmp_path, monkeypatch):
     assert read_audio(data.test[1].path, 16000).shape == (int(0.35 * 16000),)
     again = load_speech_data(SpeechDataConfig(kind="hf_disk", path=str(tmp_path / "hf")), seed=0)
     assert again == data and len(list((tmp_path / "cache").iterdir())) == 6
-    with pytest.raises(UserError, match=r"text_column: column 'sentence' not in .* \(columns: audio, text, speaker\)"):
+    with pytest.raises(UserError, match=r"text_column: column 'sentence' not in .*; available columns: audio, text, speaker"):
         load_speech_data(SpeechDataConfig(kind="hf_disk", path=str(tmp_path / "hf"), text_column="sentence"), seed=0)
 
 

@@ -157,14 +157,14 @@ def test_hf_disk_dataset_with_class_labels(tmp_path):
     assert data.pool.images.shape[1:] == (1, 8, 8)
 
 
-def test_hf_disk_dataset_dict_needs_a_split_and_uses_its_test_split(tmp_path):
+def test_hf_disk_dataset_dict_pools_train_by_default_and_uses_its_test_split(tmp_path):
     save_hf(tmp_path / "dd", as_dict=True)
     base = dict(kind="hf_disk", path=str(tmp_path / "dd"), image_column="img", label_column="y", image_size=8)
-    with pytest.raises(UserError, match=r"task.params.data.split: .*available splits: train, test"):
-        vd.load_data(vd.DataConfig(**base), 0)
-    data = vd.load_data(vd.DataConfig(**base, split="train"), 0)
-    assert (len(data.pool), len(data.test)) == (24, 6)
-    assert data.test.ids[0] == "test/0"
+    with pytest.raises(UserError, match=r"task.params.data.split: 'dev' not found .*available splits: train, test"):
+        vd.load_data(vd.DataConfig(**base, split="dev"), 0)
+    for data in (vd.load_data(vd.DataConfig(**base), 0), vd.load_data(vd.DataConfig(**base, split="train"), 0)):
+        assert (len(data.pool), len(data.test)) == (24, 6)
+        assert data.test.ids[0] == "test/0"
 
 
 def test_hf_disk_missing_column_names_it_and_the_available_ones(tmp_path):
@@ -343,14 +343,17 @@ def test_same_seed_gives_identical_weights_and_fine_tune_switch():
     assert all(torch.equal(x, y) for x, y in zip(weights(d), weights(e)))
 
 
-def test_state_dict_round_trip_continues_bit_identically(tmp_path):
+@pytest.mark.parametrize("layout", ["torchkit", "0.1"])
+def test_state_dict_round_trip_continues_bit_identically(tmp_path, layout, old_layout):
     small = {"kind": "digits", "max_pool": 300, "max_test": 50}
     a = make_task(epochs=3, data=small)
     labels = first_labels(a, 60)
     a.fit(labels, ctx(0, labels))
     a.fit_bootstrap(labels, 2, seed=5)
     path = tmp_path / "ckpt.pt"
-    torch.save({"task": a.state_dict()}, path)
+    state = a.state_dict() if layout == "torchkit" else old_layout(a.state_dict())   # 0.1: run folders of old
+    assert set(state) >= {"model", "optimizer", "fitted", "members"}
+    torch.save({"task": state}, path)
     b = make_task(epochs=3, data=small)
     b.load_state_dict(torch.load(path, weights_only=False)["task"])
     ids = a.pool_ids()
@@ -464,6 +467,7 @@ def test_config_rejects_unknown_keys():
 
 class TestClassificationConformance(TaskConformance):
     """The core's standard task checks, on a small digits pool."""
+    covers = ("vision", "task", "classification")
 
     def make_task(self):
         return make_task(epochs=2, min_steps=10, data={"kind": "digits", "max_pool": 120, "max_test": 60})

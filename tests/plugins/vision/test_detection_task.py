@@ -15,7 +15,7 @@ import yaml
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from activelab.cli import main
-from activelab.oracles.terminal import TerminalOracle
+from activelab.labelling.terminal import TerminalOracle
 from activelab.plugins.vision.detection.scorers import AnchorEntropy, MIAODUncertainty
 from activelab.plugins.vision.detection.synth import make_digit_canvases
 from activelab.plugins.vision.detection.task import (ANCHOR_ENTROPY_MAX, ANCHOR_ENTROPY_MEAN, MIAOD_UNCERTAINTY,
@@ -49,6 +49,8 @@ def make_task(folder: Path, run_dir: Path | None = None, **extra) -> DetectionTa
 
 # ----------------------------------------------------------------------------------------------- protocol
 class TestDetectionConformance(TaskConformance):
+    covers = ("vision", "task", "detection")
+
     @pytest.fixture(autouse=True)
     def _folder(self, canvases):
         self.folder = canvases
@@ -79,6 +81,27 @@ def test_fit_is_deterministic_and_the_schedule_follows_miaod(canvases):
     assert stats["n_train"] == 8 and stats["n_unlabelled"] == len(ids) - 8
     assert {"label_loss", "min_loss", "min_dis", "max_loss", "max_dis", "train_seconds"} <= set(stats)
     assert runs[0][0].stages() == [("label", 1), ("min", 1), ("max", 1), ("label", 1)]
+
+
+def test_a_checkpoint_resumes_in_the_torchkit_and_the_0_1_layout(canvases, old_layout):
+    task = make_task(canvases)
+    labels = true_labels(task, list(task.pool_ids())[:8])
+    task.fit(labels, make_context(labels, round=0))
+    ids = list(task.pool_ids())
+    want = predictions(task, ids, DetectionTask.outputs)
+    state = task.state_dict()
+    for saved in (state, old_layout(state, drop=("members",))):
+        again = make_task(canvases)
+        again.load_state_dict(saved)
+        got = predictions(again, ids, DetectionTask.outputs)
+        assert all(np.array_equal(want[k], got[k]) for k in want)
+        assert again.fitted and again.trained_on == task.trained_on
+        assert again.optimizer.state_dict()["state"], "the optimiser state must travel with the checkpoint"
+    small = make_task(canvases)
+    small.pool = small.pool[:30]
+    with pytest.raises(UserError, match=rf"^checkpoint does not match the task's data: pool_size {len(task.pool)} in "
+                                        rf"the checkpoint, 30 now$"):
+        small.load_state_dict(state)
 
 
 def test_without_miaod_only_label_set_training_runs(canvases):
@@ -224,11 +247,15 @@ class _FittedDetection:
 
 
 class TestMIAODScorerConformance(_FittedDetection, ScorerConformance):
+    covers = ("vision", "scorer", "miaod")
+
     def make_scorer(self):
         return MIAODUncertainty(MIAODUncertainty.Config(mil=True), Env())
 
 
 class TestAnchorEntropyConformance(_FittedDetection, ScorerConformance):
+    covers = ("vision", "scorer", "anchor_entropy")
+
     def make_scorer(self):
         return AnchorEntropy(AnchorEntropy.Config(reduce="max"), Env())
 
@@ -255,7 +282,8 @@ def test_scorer_configs_select_the_task_output(canvases):
 
 # ----------------------------------------------------------------------------------------------- people
 def test_a_person_types_boxes_at_the_terminal_and_the_store_keeps_the_canonical_label(canvases, tmp_path):
-    from activelab.loop import Runner, create_run
+    from activelab.loop import Runner
+    from activelab.run import create_run
     from activelab import recipe as recipes
 
     p = params(canvases)

@@ -50,9 +50,9 @@ def test_label_studio_export_of_a_classification_batch(tmp_path):
 
 
 def test_a_class_named_like_a_number_is_read_as_that_name():
-    from activelab import labelling
+    from activelab.labelling import label_schema
 
     kind = {"type": "choices", "choices": ["1", "10", "2"]}
-    assert labelling.parse(object(), "1", kind) == "1"       # the class "1" (index 0), not index 1 ("10")
-    assert labelling.parse(object(), "2", kind) == "2"
-    assert labelling.parse(object(), "0", kind) == 0         # not a name: read as an index
+    assert label_schema.parse(object(), "1", kind) == "1"       # the class "1" (index 0), not index 1 ("10")
+    assert label_schema.parse(object(), "2", kind) == "2"
+    assert label_schema.parse(object(), "0", kind) == 0         # not a name: read as an index

@@ -23,8 +23,9 @@ from activelab.plugins.vision.ondemand import Corruptor, InversePSNR, Schedule, 
 from activelab.plugins.vision.restoration import (LEVEL_PSNR, EncoderDecoder, RestorationConfig, RestorationTask,
                                                   parse_item)
 from activelab.protocol import Context, Env, Label, collect_scores
-from activelab.selectors import Proportional
-from activelab.testing import TaskConformance
+from activelab.strategies.selectors import Proportional
+from activelab.testing import (OracleConformance, ScorerConformance, SelectorConformance, TaskConformance,
+                               make_context)
 
 torch.set_num_threads(1)
 
@@ -254,8 +255,49 @@ def test_corruptor_answers_one_item_per_generator():
         list(Corruptor().label(None, ["level1@2"], ctx(2)))
 
 
+# ------------------------------------------------------------------------------------ the kit's standard checks
+class TestInversePSNRConformance(ScorerConformance):
+    """On a tiny model fitted on round 0's samples; the candidates are the five generators (never used up)."""
+    covers = ("vision", "scorer", "inverse_psnr")
+
+    def make_scorer(self):
+        return InversePSNR(InversePSNR.Config(), Env())
+
+    def make_task(self):
+        task = tiny_task()
+        labels = round_labels(0, counts=(5, 5, 5, 5, 5))
+        task.fit(labels, ctx(0, labels))
+        return task
+
+    def setting(self, task):
+        labels = round_labels(0, counts=(5, 5, 5, 5, 5))
+        return list(task.pool_ids()), make_context(labels, round=1, seed=7)
+
+
+class TestScheduleConformance(SelectorConformance):
+    covers = ("vision", "selector", "schedule")
+
+    def make_selector(self):
+        return Schedule(Schedule.Config(mode="cumulative", stage_rounds=1), Env())
+
+
+class TestCorruptorConformance(OracleConformance):
+    covers = ("vision", "oracle", "corruptor")
+
+    def make_oracle(self):
+        return Corruptor(Corruptor.Config(), Env())
+
+    def make_task(self):
+        return tiny_task()
+
+    def some_items(self, task):
+        return [g for g, n in zip(task.pool_ids(), (3, 1, 0, 2, 4)) for _ in range(n)]
+
+
 # ------------------------------------------------------------------------------------ the task
 class TestRestorationConformance(TaskConformance):
+    covers = ("vision", "task", "restoration")
+
     def make_task(self):
         return tiny_task()
 
@@ -287,13 +329,14 @@ def test_fit_trains_one_epoch_on_this_rounds_samples_only():
     assert task.fit(labels, ctx(2, labels))["n_train"] == 0      # nothing synthesised in round 2
 
 
+@pytest.mark.parametrize("layout", ["torchkit", "0.1"])
 @pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_state_round_trip_continues_bit_identically(ema):
+def test_state_round_trip_continues_bit_identically(ema, layout, old_layout):
     a = tiny_task(ema=ema)
     l0, l1 = round_labels(0), round_labels(1, counts=(5, 10, 15, 20, 25))
     a.fit(l0, ctx(0, l0))
     buffer = io.BytesIO()
-    torch.save(a.state_dict(), buffer)
+    torch.save(a.state_dict() if layout == "torchkit" else old_layout(a.state_dict(), drop=("members",)), buffer)
     buffer.seek(0)
     b = tiny_task(ema=ema)
     b.load_state_dict(torch.load(buffer, weights_only=False))

@@ -32,16 +32,11 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .protocol import rng_for
+from activelab.protocol import TORCH_SEED_BOUND, seed_for
 
 MODES = ("dropout", "batchwise")
 CHANNELWISE = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 DROPOUT = (nn.Dropout, *CHANNELWISE)
-
-
-def derive_seed(seed: int, *parts: int | str) -> int:
-    """A 63-bit seed for ``torch.Generator.manual_seed`` determined by ``(seed, *parts)``."""
-    return int(rng_for(seed, *parts).integers(2**63 - 1))
 
 
 class MCDropout:
@@ -70,13 +65,15 @@ class MCDropout:
         if self.mode == "batchwise":
             key = (index, self.member, shape[1:], x.device, x.dtype)
             if key not in self._masks:
-                gen = torch.Generator().manual_seed(derive_seed(self.seed, "batchwise", self.member, index))
+                seed = seed_for(self.seed, "batchwise", self.member, index, below=TORCH_SEED_BOUND)
+                gen = torch.Generator().manual_seed(seed)
                 draw = torch.empty((1, *shape[1:])).bernoulli_(keep, generator=gen)
                 self._masks[key] = draw.to(device=x.device, dtype=x.dtype)
             return self._masks[key]
         gen = self._generators.get(x.device)
         if gen is None:
-            gen = torch.Generator(device=x.device).manual_seed(derive_seed(self.seed, "dropout", *self._stream))
+            seed = seed_for(self.seed, "dropout", *self._stream, below=TORCH_SEED_BOUND)
+            gen = torch.Generator(device=x.device).manual_seed(seed)
             self._generators[x.device] = gen
         return torch.empty(shape, device=x.device, dtype=x.dtype).bernoulli_(keep, generator=gen)
 

@@ -6,8 +6,9 @@ from typing import Iterator, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import UserError
-from ..protocol import Answer, Context, Env, ItemId, Label, Task, rng_for
+from activelab import hooks
+from activelab.errors import UserError
+from activelab.protocol import Answer, Context, Env, ItemId, Label, Task, rng_for
 
 
 class SimulatedOracle:
@@ -30,7 +31,7 @@ class SimulatedOracle:
 
     def label(self, task: Task, items: Sequence[ItemId], ctx: Context) -> Iterator[Answer]:
         noise, delay = self.config.noise, self.config.delay_s
-        corrupt = getattr(task, "corrupt_label", None)
+        corrupt = hooks.corrupt_label(task)
         if noise > 0 and corrupt is None:
             raise UserError(f"oracle.params.noise: task {type(task).__name__} cannot simulate label noise "
                             f"(it has no corrupt_label(value, rng)); set noise: 0")

@@ -14,8 +14,8 @@ from typing import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import UserError
-from .protocol import Context, ItemId, ScoreStream, collect_scores, iter_chunks
+from activelab.errors import UserError
+from activelab.protocol import Context, ItemId, ScoreStream, collect_scores, iter_chunks
 
 
 def top_k_indices(scores: ScoreStream, k: int, n: int) -> np.ndarray:

@@ -1,4 +1,12 @@
-"""Labelling outside activelab: export the outstanding batch of a run, import the answers people gave.
+"""Labelling outside activelab: the file-exchange oracle, export of the outstanding batch of a run, and import
+of the answers people gave (the ``export`` and ``import`` verbs, :mod:`activelab.labelling.commands`).
+
+The ``exchange`` oracle answers nothing: when the loop asks it about a batch it quits with the status
+``"awaiting labels"``, so the run pauses in that state with the batch outstanding. Then::
+
+    activelab export RUN --format label-studio|csv|jsonl     # the outstanding batch, with suggestions and scores
+    activelab import RUN FILE                                # the answers, stored durably
+    activelab resume RUN                                     # trains on them and asks for the next batch
 
 Formats (``--format``; on import guessed from the file's extension):
 
@@ -26,21 +34,36 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import quote
 
-from . import labelling, labelstudio
-from .errors import UserError
-from .loop import Runner
-from .oracles.exchange import AWAITING
-from .protocol import Label, Skip, Undo
+from pydantic import BaseModel, ConfigDict
+
+from activelab.errors import UserError
+from activelab.loop import Runner
+from activelab.protocol import Answer, Context, Env, ItemId, Label, Quit, RunStatus, Skip, Task
+
+from . import label_schema, label_studio
 
 FORMATS = ("label-studio", "csv", "jsonl")
 SUFFIX = {"label-studio": ".json", "csv": ".csv", "jsonl": ".jsonl"}
 BY_SUFFIX = {".json": "label-studio", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 MEDIA = ("image", "audio")
-READY = "labels imported"    # the run's status once an import answered the whole batch
 YES = {"yes", "y", "true", "1", "skip"}
+
+
+class ExchangeOracle:
+    """Pauses the run at every batch until its labels are imported (see the module docstring)."""
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, config: Config | None = None, env: Env | None = None):
+        self.config = config or self.Config()
+
+    def label(self, task: Task, items: Sequence[ItemId], ctx: Context) -> Iterator[Answer]:
+        if items:
+            yield Quit("the batch is labelled outside activelab", status=RunStatus.AWAITING_LABELS)
 
 
 # ------------------------------------------------------------------------------------------------- export
@@ -58,16 +81,16 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, media_u
         round, batch, outstanding = _current(runner)
         if not outstanding:
             raise UserError(f"{run_dir}: nothing to label: every item of round {round}'s batch is answered "
-                            f"(status: {runner.store.get_state('status', 'created')})")
+                            f"(status: {runner.store.get_state('status', RunStatus.CREATED)})")
         scores = dict(zip(batch, runner.store.batch(round)[1] or []))
         runner.model_for_labelling(round)
         task = runner.task
-        kind = labelling.schema(task)
-        hints = labelling.suggestions(task, outstanding, round)
+        kind = label_schema.schema(task)
+        hints = label_schema.suggestions(task, outstanding, round)
         rows = []
         for item, hint in zip(outstanding, hints):
             info = {k: _url(v, media_url, media_root) if k in MEDIA else v
-                    for k, v in labelling.describe(task, item, kind).items()}
+                    for k, v in label_schema.describe(task, item, kind).items()}
             rows.append((item, info, hint, scores.get(item)))
         path = Path(out) if out else run_dir / "exchange" / f"round_{round}{SUFFIX[fmt]}"
         if fmt == "label-studio" and path.suffix.lower() == ".xml":
@@ -76,16 +99,16 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, media_u
         path.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "label-studio":
             version = f"{run_dir.name} round {round - 1}" if round > 0 else "untrained"
-            tasks = [labelstudio.task({**info, "item_id": item, "round": round, "score": score,
-                                       "suggestion": None if hint is None else labelling.show(hint, kind)},
+            tasks = [label_studio.task({**info, "item_id": item, "round": round, "score": score,
+                                       "suggestion": None if hint is None else label_schema.show(hint, kind)},
                                       hint, score, kind, _size(task, item, kind), version)
                      for item, info, hint, score in rows]
             path.write_text(json.dumps(tasks, indent=1) + "\n", encoding="utf-8")
             config = path.with_suffix(".xml")
-            config.write_text(labelstudio.config_xml(kind, rows[0][1]), encoding="utf-8")
+            config.write_text(label_studio.config_xml(kind, rows[0][1]), encoding="utf-8")
             return [path, config]
         records = [{"item_id": item, **info, "score": score, "label": None, "skip": False,
-                    "suggestion": hint if kind.get("type") != "choices" else labelling.choice_name(hint, kind)}
+                    "suggestion": hint if kind.get("type") != "choices" else label_schema.choice_name(hint, kind)}
                    for item, info, hint, score in rows]
         if fmt == "jsonl":
             path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
@@ -97,7 +120,7 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, media_u
             writer = csv.DictWriter(buffer, columns)
             writer.writeheader()
             for r in records:
-                writer.writerow({c: "" if c == "skip" else labelling.text_cell(r.get(c)) for c in columns})
+                writer.writerow({c: "" if c == "skip" else label_schema.text_cell(r.get(c)) for c in columns})
             path.write_text(buffer.getvalue(), encoding="utf-8")
         return [path]
     except OSError as exc:
@@ -115,9 +138,9 @@ def _current(runner: Runner) -> tuple[int, list[str], list[str]]:
     frozen = runner.store.frozen_round()
     if round <= frozen:
         # the batch was trained on: its labels are final, and the next batch is not chosen yet
-        state = runner.store.get_state("status", "created")
+        state = runner.store.get_state("status", RunStatus.CREATED)
         raise UserError(f"{runner.run_dir}: round {round}'s batch was already trained on (status: {state}); its "
-                        f"labels cannot change" + ("" if state == "done" else
+                        f"labels cannot change" + ("" if state == RunStatus.DONE else
                                                    f"; `activelab resume {runner.run_dir}` selects the next batch"))
     return round, batch[0], runner.pool.outstanding(round, batch[0])
 
@@ -181,7 +204,7 @@ def read_label_studio(text: str) -> list[Entry]:
             raise UserError(f"task #{n + 1}: not a Label Studio task (no 'data' object)")
         where = f"task {entry.get('id', '#' + str(n + 1))}"
         try:
-            answer, result, who = labelstudio.pick_annotation(entry)
+            answer, result, who = label_studio.pick_annotation(entry)
         except ValueError as exc:
             raise UserError(f"{where}: {exc}") from None
         exported = entry["data"].get("round")
@@ -274,7 +297,7 @@ def _store(runner: Runner, entries: list[Entry], fmt: str, name: str) -> Report:
     task, store, pool = runner.task, runner.store, runner.pool
     round, batch, _ = _current(runner)
     report = Report(round=round, batch_size=len(batch))
-    kind, known, in_batch = labelling.schema(task), set(task.pool_ids()), set(batch)
+    kind, known, in_batch = label_schema.schema(task), set(task.pool_ids()), set(batch)
 
     found: list[tuple[int, str]] = []     # (position in the file, message): reported in file order
     order = {id(e): n for n, e in enumerate(entries)}
@@ -334,7 +357,7 @@ def _store(runner: Runner, entries: list[Entry], fmt: str, name: str) -> Report:
                 report.unchanged += 1
                 continue
             if old_round != round or item not in in_batch:
-                problem(e, f"already labelled {labelling.show(old, kind)} in round {old_round} (trained on); "
+                problem(e, f"already labelled {label_schema.show(old, kind)} in round {old_round} (trained on); "
                            f"not changed")
                 continue
             pool.replace(Label(item, value, annotator=e.annotator or fmt), round, batch)
@@ -350,18 +373,18 @@ def _store(runner: Runner, entries: list[Entry], fmt: str, name: str) -> Report:
         report.stored += 1
     report.problems = [text for _, text in sorted(found, key=lambda p: p[0])]
     report.outstanding = len(pool.outstanding(round, batch))
-    if not report.outstanding and store.get_state("status") in (AWAITING, "paused"):
-        store.set_state("status", READY)
+    if not report.outstanding and store.get_state("status") in (RunStatus.AWAITING_LABELS, RunStatus.PAUSED):
+        store.set_state("status", RunStatus.LABELS_IMPORTED)
     return report
 
 
 def _value(task: Any, e: Entry, fmt: str, kind: dict[str, Any]) -> Any:
     if fmt == "label-studio":
-        value = labelstudio.from_result(e.raw, kind, _size(task, e.item, kind))
+        value = label_studio.from_result(e.raw, kind, _size(task, e.item, kind))
         # free text goes through the task's parser, as typed text does (choices and boxes are structured)
-        return labelling.parse(task, value, kind) if isinstance(value, str) and kind.get("type") != "choices" else value
+        return label_schema.parse(task, value, kind) if isinstance(value, str) and kind.get("type") != "choices" else value
     if fmt == "csv":
-        return labelling.parse(task, e.raw, kind)
+        return label_schema.parse(task, e.raw, kind)
     if kind.get("type") == "text" and isinstance(e.raw, str) and not e.raw.strip():
         raise ValueError("empty text")
     return e.raw

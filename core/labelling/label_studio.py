@@ -5,7 +5,7 @@ One control named ``label`` labels the first of the item's ``image``, ``audio`` 
 ``task.describe`` gives them):
 
 =============  ==================  ==================================================================
-schema         control             canonical label (see ``Task`` in :mod:`activelab.protocol`)
+schema         control             canonical label (see ``LabelSchema`` in :mod:`activelab.hooks`)
 =============  ==================  ==================================================================
 choices        ``Choices``         an index into the choices, or the choice itself
 rectangles     ``RectangleLabels`` ``[{"label": name, "box": [x0, y0, x1, y1]}]`` in pixels
@@ -21,7 +21,7 @@ import json
 from typing import Any, Mapping
 from xml.sax.saxutils import quoteattr
 
-from . import labelling
+from . import label_schema
 
 CONTROL = "label"
 OBJECTS = {"image": "Image", "audio": "Audio", "text": "Text"}     # describe fields Label Studio shows
@@ -61,7 +61,7 @@ def to_result(value: Any, kind: dict[str, Any], to: str, size: tuple[float, floa
     ktype = kind.get("type", "free")
     base = {"from_name": CONTROL, "to_name": to, "type": RESULT_TYPE.get(ktype, "textarea")}
     if ktype == "choices":
-        name = labelling.choice_name(value, kind)
+        name = label_schema.choice_name(value, kind)
         return [{**base, "value": {"choices": [name]}}] if name is not None else []
     if ktype == "rectangles":
         if size is None or not isinstance(value, list):
@@ -80,7 +80,7 @@ def to_result(value: Any, kind: dict[str, Any], to: str, size: tuple[float, floa
                 region["score"] = float(box["score"])
             out.append(region)
         return out
-    return [{**base, "value": {"text": [labelling.text_cell(value)]}}]
+    return [{**base, "value": {"text": [label_schema.text_cell(value)]}}]
 
 
 def task(data: dict[str, Any], suggestion: Any, score: float | None, kind: dict[str, Any],

@@ -18,8 +18,9 @@ from typing import Any, Iterator, Literal, Sequence, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import labelling
-from ..protocol import Answer, Context, Env, ItemId, Label, Quit, Skip, Task, Undo
+from activelab.protocol import Answer, Context, Env, ItemId, Label, Quit, Skip, Task, Undo
+
+from . import label_schema
 
 SHOWN = ("image", "audio", "text", "width", "height")   # fields with their own display
 VIEWERS = ("xdg-open", "open")
@@ -60,8 +61,8 @@ class TerminalOracle:
     # ------------------------------------------------------------------------------------------ dialogue
     def label(self, task: Task, items: Sequence[ItemId], ctx: Context) -> Iterator[Answer]:
         inp, out = self._stdin or sys.stdin, self._stdout or sys.stdout
-        kind = labelling.schema(task)
-        hints = labelling.suggestions(task, items, ctx.round) if self.config.suggest else [None] * len(items)
+        kind = label_schema.schema(task)
+        hints = label_schema.suggestions(task, items, ctx.round) if self.config.suggest else [None] * len(items)
         if items:
             self._say(out, f"round {ctx.round}: {len(items)} item(s) to label. {self._labels_hint(kind)} "
                            f"Commands: skip, undo, quit, ? for help.")
@@ -106,7 +107,7 @@ class TerminalOracle:
                     self._say(out, "no suggestion for this item: type a label (? for help)")
                     continue
                 try:
-                    value = hint if not text else labelling.parse(task, text, kind)
+                    value = hint if not text else label_schema.parse(task, text, kind)
                     value = task.check_label(item, value)
                 except ValueError as exc:
                     self._say(out, f"refused: {exc}")
@@ -138,7 +139,7 @@ class TerminalOracle:
 
     def _show(self, out: TextIO, task: Task, item: ItemId, i: int, n: int, round: int, hint: Any,
               kind: dict[str, Any]) -> None:
-        info = labelling.describe(task, item, kind)
+        info = label_schema.describe(task, item, kind)
         lines = [f"\n[round {round}] item {i + 1} of {n}: {item}"]
         if "image" in info:
             size = f" ({info['width']} x {info['height']})" if "width" in info and "height" in info else ""
@@ -156,7 +157,7 @@ class TerminalOracle:
                 shown = value if isinstance(value, str) else json.dumps(value)
                 lines.append(f"  {key}: {shown[:300]}")
         if hint is not None:
-            lines.append(f"  suggestion: {labelling.show(hint, kind)}  (Enter accepts)")
+            lines.append(f"  suggestion: {label_schema.show(hint, kind)}  (Enter accepts)")
         self._say(out, "\n".join(lines))
 
     def _want_preview(self, out: TextIO) -> bool:

@@ -1,24 +1,25 @@
 """What every tool for people labelling shares (the terminal oracle, Label Studio, CSV and JSON lines): the task's
-optional hooks ``suggest``, ``label_schema`` and ``parse_label`` (documented on :class:`~activelab.protocol.Task`)
-with their fallbacks, and how a label is shown to a person."""
+label schema and suggestions (the optional hooks ``label_schema``, ``suggest`` and ``parse_label`` of
+:mod:`activelab.hooks`) with their fallbacks, and how a label is shown to a person and read back."""
 from __future__ import annotations
 
 import json
 from typing import Any, Sequence
 
-from .protocol import ItemId, Task
+from activelab import hooks
+from activelab.protocol import ItemId, Task
 
 FREE = {"type": "free"}   # no label_schema: any text, checked by the task's check_label
 
 
 def schema(task: Task) -> dict[str, Any]:
-    hook = getattr(task, "label_schema", None)
+    hook = hooks.label_schema(task)
     return dict(hook()) if hook is not None else dict(FREE)
 
 
 def suggestions(task: Task, ids: Sequence[ItemId], round: int) -> list[Any]:
     """The model's predicted label per item; all ``None`` in round 0 (no trained model) or without the hook."""
-    hook = getattr(task, "suggest", None)
+    hook = hooks.suggest(task)
     if hook is None or round <= 0 or not ids:
         return [None] * len(ids)
     out = list(hook(list(ids)))
@@ -36,7 +37,7 @@ def describe(task: Task, item: ItemId, kind: dict[str, Any]) -> dict[str, Any]:
 
 def parse(task: Task, text: str, kind: dict[str, Any]) -> Any:
     """A label value from what a person typed (``check_label`` decides whether it is valid)."""
-    hook = getattr(task, "parse_label", None)
+    hook = hooks.parse_label(task)
     if hook is not None:
         return hook(text)
     if kind.get("type") == "text":

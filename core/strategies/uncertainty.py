@@ -12,8 +12,10 @@ from typing import Any, Callable, Collection, Iterator, Literal, Mapping, Sequen
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import UserError
-from ..protocol import BOOTSTRAP, EMBEDDINGS, MC, MC_DROPOUT, PROBS, Context, Env, ItemId, Task
+from activelab import hooks
+from activelab.errors import UserError
+from activelab.protocol import (BOOTSTRAP, EMBEDDINGS, MC, MC_DROPOUT, MC_SEED_BOUND, PROBS, Context, Env, ItemId,
+                                Task, seed_for)
 
 _TINY = np.finfo(np.float64).tiny
 
@@ -104,11 +106,6 @@ def score_chunks(task: Task, candidates: Sequence[ItemId], want: Collection[str]
         raise ValueError(f"task.predict yielded {seen} items for {len(candidates)} candidates")
 
 
-def mc_seed(ctx: Context, purpose: str) -> int:
-    """A seed for MC passes or bootstrap members, determined by (ctx.seed, ctx.round, purpose)."""
-    return int(ctx.rng(purpose).integers(2**31 - 1))
-
-
 class _NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -173,7 +170,8 @@ class BALD:
         self.config = config or self.Config()
 
     def score(self, task: Task, candidates: Sequence[ItemId], ctx: Context) -> Iterator[np.ndarray]:
-        mc = MC(samples=self.config.samples, mode="dropout", seed=mc_seed(ctx, "bald"))
+        seed = seed_for(ctx.seed, ctx.round, "bald", below=MC_SEED_BOUND)
+        mc = MC(samples=self.config.samples, mode="dropout", seed=seed)
         return score_chunks(task, candidates, {PROBS}, lambda out: bald(out[PROBS]), mc=mc)
 
 
@@ -198,9 +196,9 @@ class QueryByCommittee:
 
     def score(self, task: Task, candidates: Sequence[ItemId], ctx: Context) -> Iterator[np.ndarray]:
         cfg = self.config
-        seed = mc_seed(ctx, "qbc")
+        seed = seed_for(ctx.seed, ctx.round, "qbc", below=MC_SEED_BOUND)
         if cfg.members == "bootstrap" and len(candidates) > 0:
-            fit_bootstrap = getattr(task, "fit_bootstrap", None)
+            fit_bootstrap = hooks.fit_bootstrap(task)
             if fit_bootstrap is None:
                 raise UserError(f"scorer.params.members: task {type(task).__name__} has no fit_bootstrap(labels, size, seed); "
                                 f"use members: batchwise")
