@@ -4,8 +4,9 @@
         [--no-scorers]
 
 Table 1: for each recipe, wall time of `activelab run RECIPE` (process start to exit), the sums of the per-round
-fit and scoring times it logged, and the final value of the task's primary metric. Table 2: seconds and items/s for each core scorer over the digits pool (1,347 items), with a task
-fitted once on 200 labels; every scorer is timed in the same process, one after another.
+fit and scoring times it logged, and the final value of the task's primary metric. Table 2: seconds and items/s
+for each core scorer over the digits pool (1,347 items), with a task fitted once on 200 labels; every scorer is
+timed in the same process, one after another.
 """
 from __future__ import annotations
 

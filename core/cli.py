@@ -66,7 +66,8 @@ def _drive(run_dir: Path, quiet: bool, fresh: bool = False) -> int:
         outcome = runner.run()
     except KeyboardInterrupt:
         _set_status(runner, RunStatus.PAUSED)
-        print(f"interrupted; every label given so far is saved. Continue with: activelab resume {run_dir}", file=sys.stderr)
+        print(f"interrupted; every label given so far is saved. Continue with: activelab resume {run_dir}",
+              file=sys.stderr)
         return 130
     except Terminated:
         _set_status(runner, RunStatus.INTERRUPTED)
@@ -190,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="run a recipe under several strategies and seeds; write a table and a plot")
     c.add_argument("recipe")
     c.add_argument("overrides", nargs="*")
-    c.add_argument("--strategies", required=True, help="comma-separated: names from the recipe's strategies, or scorers")
+    c.add_argument("--strategies", required=True,
+                   help="comma-separated: names from the recipe's strategies, or scorers")
     c.add_argument("--seeds", type=int, default=3)
     c.add_argument("--metrics", help="comma-separated metrics for the table (default: the task's primary metric)")
     c.add_argument("--out", help="folder for the runs, table and plot (default runs/compare-<name>)")
@@ -248,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"activelab: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("activelab: interrupted; labels given so far are saved (continue with `activelab resume`)", file=sys.stderr)
+        print("activelab: interrupted; labels given so far are saved (continue with `activelab resume`)",
+              file=sys.stderr)
         return 130
     except RecursionError:
         print("activelab: error: input nested too deeply to read", file=sys.stderr)

@@ -21,7 +21,6 @@ from .protocol import RunStatus
 from .report import aggregate, labels_to_reach, markdown_table, plot_compare
 from .run import RECIPE_FILE, create_run, resolved_recipe
 
-
 LOOP_METRICS = frozenset({"round", "n_labeled", "n_queried", "fit_seconds", "score_seconds"})
 
 
@@ -90,7 +89,8 @@ def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None
         writer.writeheader()
         writer.writerows(table)
     text = [f"# {base.recipe.name}: {', '.join(strategies)} over {seeds} seed(s)", "",
-            f"mean ± standard deviation over seeds; recipe {recipe_path}" + (f" with {' '.join(overrides)}" if overrides else ""),
+            f"mean ± standard deviation over seeds; recipe {recipe_path}"
+            + (f" with {' '.join(overrides)}" if overrides else ""),
             "", markdown_table(table, wanted)]
     if "random" in strategies:
         finals = [r for r in table if r["strategy"] == "random"]

@@ -1,4 +1,5 @@
-"""Where tensors go: the core picks the device once and hands it to every component in :class:`~activelab.protocol.Env`."""
+"""Where tensors go: the core picks the device once and hands it to every component in
+:class:`~activelab.protocol.Env`."""
 from __future__ import annotations
 
 import torch

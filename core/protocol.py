@@ -198,7 +198,8 @@ class Task(Protocol):
         statistics of the round's training (e.g. ``n_pseudo``, ``pseudo_accuracy``) that go into the metrics.
         """
 
-    def predict(self, ids: Sequence[ItemId], want: Collection[str], mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
+    def predict(self, ids: Sequence[ItemId], want: Collection[str],
+                mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Yield dicts of arrays for consecutive chunks of ``ids``, in order, under inference mode.
 
         Only the names in ``want`` need be present. Each array's item axis is the chunk length (axis 1 when

@@ -83,7 +83,8 @@ def _message(err: dict[str, Any]) -> str:
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected', '?')} (got {err.get('input')!r})"
     msg = err.get("msg", "invalid")
-    return f"{msg[0].lower()}{msg[1:]}" + (f" (got {err.get('input')!r})" if kind.endswith("_type") or kind.endswith("_parsing") else "")
+    return f"{msg[0].lower()}{msg[1:]}" + (f" (got {err.get('input')!r})"
+                                           if kind.endswith("_type") or kind.endswith("_parsing") else "")
 
 
 def pydantic_problems(exc: ValidationError, prefix: str = "") -> list[str]:
@@ -182,7 +183,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"{p}:{where}: invalid YAML: {problem}") from exc
     if not isinstance(data, dict):
-        raise UserError(f"{p}: a recipe must be a mapping of keys (name, task, scorer, loop, ...), got {type(data).__name__}")
+        raise UserError(f"{p}: a recipe must be a mapping of keys (name, task, scorer, loop, ...), "
+                        f"got {type(data).__name__}")
     return data
 
 
@@ -227,7 +229,8 @@ def validate(data: dict[str, Any], source: str = "recipe") -> Resolved:
     classes: dict[str, type] = {}
     configs: dict[str, Any] = {}
     for kind in ("task", "scorer", "selector", "oracle"):
-        spec_raw = data.get(kind, {"name": "topk"} if kind == "selector" else {"name": "simulated"} if kind == "oracle" else None)
+        spec_raw = data.get(kind, {"name": "topk"} if kind == "selector"
+                            else {"name": "simulated"} if kind == "oracle" else None)
         if not isinstance(spec_raw, dict) or not isinstance(spec_raw.get("name"), str):
             continue  # already reported by the schema
         params = spec_raw.get("params") or {}
@@ -255,7 +258,8 @@ def validate(data: dict[str, Any], source: str = "recipe") -> Resolved:
         missing = sorted(set(needs) - offers)
         if missing:
             problems.append(f"scorer.name: scorer '{data['scorer']['name']}' needs {', '.join(missing)}, which task "
-                            f"'{data['task']['name']}' does not provide (it provides: {', '.join(sorted(offers)) or 'nothing'})")
+                            f"'{data['task']['name']}' does not provide "
+                            f"(it provides: {', '.join(sorted(offers)) or 'nothing'})")
     if recipe is not None:
         for sname, overrides in recipe.strategies.items():
             if not isinstance(overrides, dict):

@@ -9,8 +9,8 @@ checked for misspelt or misshapen optional hooks (:func:`activelab.hooks.check`)
 from __future__ import annotations
 
 import difflib
-import warnings
 import importlib
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.metadata import entry_points

@@ -91,7 +91,8 @@ def create_run(resolved: recipes.Resolved, out: str | Path | None) -> Path:
     stamp = time.strftime('%Y%m%d-%H%M%S')
     run_dir = Path(out) if out else Path("runs") / f"{name}-{stamp}"
     if (run_dir / RECIPE_FILE).exists():
-        raise UserError(f"{run_dir}: already holds a run; continue it with `activelab resume {run_dir}` or pick another --out")
+        raise UserError(f"{run_dir}: already holds a run; continue it with `activelab resume {run_dir}` "
+                        f"or pick another --out")
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir}: cannot make the run folder: a file of that name exists")
     parent = Path(os.path.abspath(run_dir)).parent

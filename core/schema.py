@@ -2,9 +2,9 @@
 
 ``activelab schema`` prints it; editors that speak JSON Schema (the YAML language server in VS Code, Neovim, ...)
 then complete and check ``recipes/*.yaml`` as they are typed. It uses only keywords draft-07 shares (``$ref`` into
-``$defs``, ``if``/``then``, ``enum``, ``const``, ``anyOf``), since editors' YAML support is draft-07 at heart. The schema is made from the same
-pydantic models :mod:`activelab.recipe` validates with, so it cannot disagree with ``activelab validate`` about
-what exists:
+``$defs``, ``if``/``then``, ``enum``, ``const``, ``anyOf``), since editors' YAML support is draft-07 at heart. The
+schema is made from the same pydantic models :mod:`activelab.recipe` validates with, so it cannot disagree with
+``activelab validate`` about what exists:
 
 - the top level is :class:`activelab.recipe.Recipe` (``name``, ``seed``, ``loop``, ``strategies``, ...);
 - ``task``, ``scorer``, ``selector`` and ``oracle`` each take ``name`` from the installed components of that kind

@@ -382,7 +382,8 @@ def _value(task: Any, e: Entry, fmt: str, kind: dict[str, Any]) -> Any:
     if fmt == "label-studio":
         value = label_studio.from_result(e.raw, kind, _size(task, e.item, kind))
         # free text goes through the task's parser, as typed text does (choices and boxes are structured)
-        return label_schema.parse(task, value, kind) if isinstance(value, str) and kind.get("type") != "choices" else value
+        return (label_schema.parse(task, value, kind) if isinstance(value, str) and kind.get("type") != "choices"
+                else value)
     if fmt == "csv":
         return label_schema.parse(task, e.raw, kind)
     if kind.get("type") == "text" and isinstance(e.raw, str) and not e.raw.strip():

@@ -48,7 +48,8 @@ class TerminalOracle:
         model_config = ConfigDict(extra="forbid")
         annotator: str | None = Field(None, description="name stored with each label (default: $USER)")
         suggest: bool = Field(True, description="offer the model's prediction as the Enter default")
-        preview: Literal["auto", "on", "off"] = Field("auto", description="colour preview of images; auto: on a terminal")
+        preview: Literal["auto", "on", "off"] = Field("auto",
+                                                      description="colour preview of images; auto: on a terminal")
         viewer: str | None = Field(None, description="command that opens an image (default: xdg-open or open)")
         player: str | None = Field(None, description="command that plays audio (default: ffplay, aplay, ...)")
 

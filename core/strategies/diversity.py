@@ -12,6 +12,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from activelab.protocol import EMBEDDINGS, Context, Env, ItemId, ScoreStream, Task, iter_chunks
+
 from .uncertainty import UNCERTAINTY
 
 # Scores of these bases can be negative; density weighting is applied above this floor (see InformationDensity).
@@ -101,8 +102,8 @@ def k_center_scores(points: np.ndarray, min_dist: np.ndarray, budget: int) -> np
     ``budget`` picks are made, each the point farthest from everything labelled or picked so far (ties to the
     lower index). A picked point scores its distance at the moment it was picked (a non-increasing sequence);
     an unpicked point scores its final distance, which is at most the last pick's. With equal scores the lower
-    index comes first (as :class:`~activelab.strategies.selectors.TopK` breaks ties), and with that the top-k of the scores
-    is exactly the greedy sequence. With nothing labelled the first pick is the point nearest the mean of all
+    index comes first (as :class:`~activelab.strategies.selectors.TopK` breaks ties), and with that the top-k of the
+    scores is exactly the greedy sequence. With nothing labelled the first pick is the point nearest the mean of all
     points, and it scores 1 more than the highest other score (distances there are infinite).
     """
     x = np.asarray(points, dtype=np.float32)

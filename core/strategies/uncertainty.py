@@ -14,8 +14,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from activelab import hooks
 from activelab.errors import UserError
-from activelab.protocol import (BOOTSTRAP, EMBEDDINGS, MC, MC_DROPOUT, MC_SEED_BOUND, PROBS, Context, Env, ItemId,
-                                Task, seed_for)
+from activelab.protocol import (
+    BOOTSTRAP,
+    EMBEDDINGS,
+    MC,
+    MC_DROPOUT,
+    MC_SEED_BOUND,
+    PROBS,
+    Context,
+    Env,
+    ItemId,
+    Task,
+    seed_for,
+)
 
 _TINY = np.finfo(np.float64).tiny
 
@@ -87,7 +98,8 @@ def expected_gradient_length(probs: np.ndarray, embeddings: np.ndarray, bias: bo
 
 # ------------------------------------------------------------------------------------------- plumbing
 def score_chunks(task: Task, candidates: Sequence[ItemId], want: Collection[str],
-                 measure: Callable[[Mapping[str, np.ndarray]], np.ndarray], mc: MC | None = None) -> Iterator[np.ndarray]:
+                 measure: Callable[[Mapping[str, np.ndarray]], np.ndarray],
+                 mc: MC | None = None) -> Iterator[np.ndarray]:
     """Walk ``candidates`` through ``task.predict`` and yield ``measure(outputs)`` per chunk, as float64.
 
     Lazy: nothing is predicted until the first chunk is asked for, and a consumer that stops early stops the
@@ -192,7 +204,8 @@ class QueryByCommittee:
 
     def __init__(self, config: Config | None = None, env: Env | None = None):
         self.config = config or self.Config()
-        self.needs: Collection[str] = frozenset({PROBS, MC_DROPOUT if self.config.members == "batchwise" else BOOTSTRAP})
+        self.needs: Collection[str] = frozenset({PROBS,
+                                                 MC_DROPOUT if self.config.members == "batchwise" else BOOTSTRAP})
 
     def score(self, task: Task, candidates: Sequence[ItemId], ctx: Context) -> Iterator[np.ndarray]:
         cfg = self.config
@@ -200,8 +213,8 @@ class QueryByCommittee:
         if cfg.members == "bootstrap" and len(candidates) > 0:
             fit_bootstrap = hooks.fit_bootstrap(task)
             if fit_bootstrap is None:
-                raise UserError(f"scorer.params.members: task {type(task).__name__} has no fit_bootstrap(labels, size, seed); "
-                                f"use members: batchwise")
+                raise UserError(f"scorer.params.members: task {type(task).__name__} has no "
+                                f"fit_bootstrap(labels, size, seed); use members: batchwise")
             fit_bootstrap(ctx.labels, cfg.size, seed)
         measure = vote_entropy if cfg.disagreement == "vote_entropy" else mean_kl
         mc = MC(samples=cfg.size, mode=cfg.members, seed=seed)

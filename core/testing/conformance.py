@@ -29,8 +29,26 @@ import torch
 from pydantic import ValidationError
 
 from activelab import hooks, registry
-from activelab.protocol import (BOOTSTRAP, EMBEDDINGS, MC, MC_DROPOUT, PROBS, Context, Env, ItemId, Label, Oracle,
-                                Quit, Scorer, Selector, Skip, Task, Undo, collect_scores, rng_for)
+from activelab.protocol import (
+    BOOTSTRAP,
+    EMBEDDINGS,
+    MC,
+    MC_DROPOUT,
+    PROBS,
+    Context,
+    Env,
+    ItemId,
+    Label,
+    Oracle,
+    Quit,
+    Scorer,
+    Selector,
+    Skip,
+    Task,
+    Undo,
+    collect_scores,
+    rng_for,
+)
 
 from .toy import ToyTask
 
@@ -58,7 +76,8 @@ def fitted_toy_task(n_labels: int = 20, seed: int = 0) -> ToyTask:
     return task
 
 
-def predictions(task: Task, ids: Sequence[ItemId], want: Collection[str], mc: MC | None = None) -> dict[str, np.ndarray]:
+def predictions(task: Task, ids: Sequence[ItemId], want: Collection[str],
+                mc: MC | None = None) -> dict[str, np.ndarray]:
     """``task.predict``'s chunks joined along the item axis (axis 1 under ``mc``)."""
     axis = 0 if mc is None else 1
     chunks = list(task.predict(ids, set(want), mc=mc))

@@ -10,8 +10,19 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from activelab.protocol import (BOOTSTRAP, EMBEDDINGS, MC, MC_DROPOUT, PROBS, TORCH_SEED_BOUND, Context, Env, ItemId,
-                                rng_for, seed_for)
+from activelab.protocol import (
+    BOOTSTRAP,
+    EMBEDDINGS,
+    MC,
+    MC_DROPOUT,
+    PROBS,
+    TORCH_SEED_BOUND,
+    Context,
+    Env,
+    ItemId,
+    rng_for,
+    seed_for,
+)
 from activelab.torchkit import ItemIndex, check, checkpoint, mc_dropout, restore, seeded
 
 
@@ -124,10 +135,12 @@ class ToyTask:
                                             [idx[t] for t in take], [targets[t] for t in take]))
 
     # ------------------------------------------------------------------ inference
-    def predict(self, ids: Sequence[ItemId], want: Collection[str], mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
+    def predict(self, ids: Sequence[ItemId], want: Collection[str],
+                mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
         rows = [self.items.position(i) for i in ids]
         if mc is not None and mc.mode == "bootstrap" and mc.samples > len(self.members):
-            raise ValueError(f"MC(mode='bootstrap', samples={mc.samples}) but fit_bootstrap made {len(self.members)} members")
+            raise ValueError(f"MC(mode='bootstrap', samples={mc.samples}) but fit_bootstrap made "
+                             f"{len(self.members)} members")
         step = self.config.chunk_size
         for n, start in enumerate(range(0, len(rows), step)):
             x = self.x[rows[start:start + step]]

@@ -168,7 +168,8 @@ def read_lines(path: Path) -> list[str]:
         try:
             text = piece.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise UserError(f"{path}: line {number}: not UTF-8 ({exc.reason} at byte {exc.start + 1} of the line)") from None
+            raise UserError(f"{path}: line {number}: not UTF-8 "
+                            f"({exc.reason} at byte {exc.start + 1} of the line)") from None
         text = text.rstrip("\r")
         if not text.strip():
             raise UserError(f"{path}: line {number}: empty line (every line must hold a sentence)")
@@ -230,7 +231,8 @@ def numbers(cfg: DataConfig) -> Pairs:
         src = [num2words(v, lang=cfg.source_lang) for v in values]
         tgt = [num2words(v, lang=cfg.target_lang) for v in values]
     except NotImplementedError as exc:
-        raise UserError(f"{FIELD}: num2words has no language {cfg.source_lang!r} or {cfg.target_lang!r} ({exc})") from None
+        raise UserError(f"{FIELD}: num2words has no language {cfg.source_lang!r} or {cfg.target_lang!r} "
+                        f"({exc})") from None
     return Pairs([str(v) for v in values], src, tgt)
 
 
@@ -293,8 +295,8 @@ def _hf_pairs(ds, cfg: DataConfig, where: str) -> Pairs:
         for number, row in enumerate(rows):
             if not isinstance(row, dict) or cfg.source_lang not in row or cfg.target_lang not in row:
                 have = ", ".join(row) if isinstance(row, dict) else type(row).__name__
-                raise UserError(f"{where}: row {number}: translation has no {cfg.source_lang!r} and {cfg.target_lang!r} "
-                                f"(it has {have}); set {FIELD}.source_lang/target_lang")
+                raise UserError(f"{where}: row {number}: translation has no {cfg.source_lang!r} "
+                                f"and {cfg.target_lang!r} (it has {have}); set {FIELD}.source_lang/target_lang")
         src, tgt = [r[cfg.source_lang] for r in rows], [r[cfg.target_lang] for r in rows]
     else:
         raise UserError(f"{FIELD}.source_column: {where} has no translation column; name the text columns with "
@@ -329,7 +331,8 @@ def load_data(cfg: DataConfig) -> TranslationData:
     elif cfg.kind == "ding":
         pool = ding(cfg)
     elif cfg.kind == "text":
-        pool = read_aligned(_need(cfg.source_path, "source_path", "text"), _need(cfg.target_path, "target_path", "text"))
+        pool = read_aligned(_need(cfg.source_path, "source_path", "text"),
+                            _need(cfg.target_path, "target_path", "text"))
         if cfg.test_source_path or cfg.test_target_path:
             test = read_aligned(_need(cfg.test_source_path, "test_source_path", "text"),
                                 _need(cfg.test_target_path, "test_target_path", "text"))
@@ -344,7 +347,8 @@ def load_data(cfg: DataConfig) -> TranslationData:
     if test is None:
         n_test = int(round(cfg.test_fraction * len(pool)))
         if n_test < 1 or n_test > len(pool) - 2:
-            raise UserError(f"{FIELD}.test_fraction: {cfg.test_fraction} of {len(pool)} pairs leaves no test set or no pool")
+            raise UserError(f"{FIELD}.test_fraction: {cfg.test_fraction} of {len(pool)} pairs "
+                            f"leaves no test set or no pool")
         order = rng.permutation(len(pool))
         test, pool = pool.take(np.sort(order[:n_test])), pool.take(np.sort(order[n_test:]))
     else:

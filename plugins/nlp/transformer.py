@@ -67,7 +67,8 @@ class DecoderLayer(nn.Module):
         self.cross_attn = Attention(d_model, heads, dropout)
         self.ff = FeedForward(d_model, d_ff, dropout)
 
-    def forward(self, y: torch.Tensor, memory: torch.Tensor, self_mask: torch.Tensor, cross_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, memory: torch.Tensor, self_mask: torch.Tensor,
+                cross_mask: torch.Tensor) -> torch.Tensor:
         h = self.norm1(y)
         y = y + self.self_attn(h, h, self_mask)
         y = y + self.cross_attn(self.norm2(y), memory, cross_mask)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, Collection, Iterator, Literal, Mapping, Sequence
+from typing import Any, Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from activelab.protocol import MC, MC_DROPOUT, Context, Env, ItemId, rng_for, se
 from activelab.torchkit import ItemIndex, build_optimizer, check, checkpoint, mc_dropout, restore, seeded
 
 from .curriculum import POWERS, CompetenceSampler, CurriculumConfig, difficulty, empirical_cdf
-from .data import DataConfig, check_text, load_data   # check_text: the label rule the data readers apply too
+from .data import DataConfig, check_text, load_data  # check_text: the label rule the data readers apply too
 from .transformer import Seq2SeqTransformer
 
 NLL = "nll"                 # (B,) length-normalised NLL of the greedy translation; (T, B) under MC dropout
@@ -298,7 +298,8 @@ class TranslationTask:
         """Greedy translations of arbitrary source sentences."""
         return self._translate(self._encode(sentences))
 
-    def predict(self, ids: Sequence[ItemId], want: Collection[str], mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
+    def predict(self, ids: Sequence[ItemId], want: Collection[str],
+                mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
         if mc is not None:         # checked here, not in the generator, so a mistake shows at the call
             if mc.mode not in ("dropout", "batchwise"):
                 raise ValueError(f"the translation task offers MC modes dropout and batchwise, not {mc.mode!r}")

@@ -1,9 +1,9 @@
 """The acoustic model: log-mel features -> convolutional subsampling -> encoder (BiLSTM or Conformer) -> CTC over
 characters, with a loss-prediction module (Yoo & Kweon, CVPR 2019) reading pooled features from several depths.
 
-Shapes: audio (S,) samples; features (T, n_mels), batched (B, T, n_mels); encoder taps (B, T', D); CTC log-probabilities (B, T', V)
-with index 0 the CTC blank. Padding is tracked by lengths everywhere: pooling, CTC and the posteriors' statistics
-never see padded frames.
+Shapes: audio (S,) samples; features (T, n_mels), batched (B, T, n_mels); encoder taps (B, T', D); CTC
+log-probabilities (B, T', V) with index 0 the CTC blank. Padding is tracked by lengths everywhere: pooling, CTC and
+the posteriors' statistics never see padded frames.
 """
 from __future__ import annotations
 

@@ -42,8 +42,15 @@ from tqdm.auto import tqdm
 from activelab.protocol import MC, Context, Env, ItemId, rng_for, seed_for
 from activelab.torchkit import ItemIndex, build_optimizer, check, checkpoint, restore, seeded
 
-from .data import (SpeechDataConfig, Utterance, audio_fingerprint, load_speech_data, normalise_transcript,
-                   read_audio, transcript_problem)
+from .data import (
+    SpeechDataConfig,
+    Utterance,
+    audio_fingerprint,
+    load_speech_data,
+    normalise_transcript,
+    read_audio,
+    transcript_problem,
+)
 from .model import CTCModel, LogMel, ctc_losses, greedy_decode, posterior_statistics, ranking_loss
 
 PREDICTED_LOSS = "predicted_loss"                  # (B,) the module's raw-loss head
@@ -255,7 +262,8 @@ class RecognitionTask:
             with torch.inference_mode():
                 yield chunk, frames, self.model(feats, frames)
 
-    def predict(self, ids: Sequence[ItemId], want: Collection[str], mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
+    def predict(self, ids: Sequence[ItemId], want: Collection[str],
+                mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
         if mc is not None:
             raise ValueError("the speech task has no Monte-Carlo predictions (mc must be None)")
         utts = [self._utterance(i) for i in ids]

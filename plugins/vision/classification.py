@@ -32,8 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import accuracy_score, f1_score
 from tqdm.auto import tqdm
 
-from activelab.protocol import (BOOTSTRAP, EMBEDDINGS, MC, MC_DROPOUT, PROBS, Context, Env, ItemId, rng_for,
-                                seed_for)
+from activelab.protocol import BOOTSTRAP, EMBEDDINGS, MC, MC_DROPOUT, PROBS, Context, Env, ItemId, rng_for, seed_for
 from activelab.torchkit import ItemIndex, build_optimizer, check, checkpoint, mc_dropout, restore, seeded
 
 from .ceal import ceal_delta, entropy, high_confidence
@@ -220,7 +219,8 @@ class ClassificationTask:
             members.append(model)
         self.members = members
 
-    def predict(self, ids: Sequence[ItemId], want: Collection[str], mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
+    def predict(self, ids: Sequence[ItemId], want: Collection[str],
+                mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
         if mc is not None:     # checked here, not in the generator, so a mistake shows at the call
             if mc.mode not in MC_MODES:
                 raise ValueError(f"unknown MC mode {mc.mode!r}; available: {', '.join(MC_MODES)}")
@@ -333,7 +333,8 @@ class ClassificationTask:
         """A PNG of an in-memory image, upscaled for a person to see, written on first request."""
         from PIL import Image
         if self._preview_dir is None:
-            base = Path(self.env.run_dir) if self.env.run_dir is not None else Path(tempfile.mkdtemp(prefix="activelab-"))
+            base = (Path(self.env.run_dir) if self.env.run_dir is not None
+                    else Path(tempfile.mkdtemp(prefix="activelab-")))
             self._preview_dir = base / "previews"
         path = self._preview_dir / (re.sub(r"[^A-Za-z0-9_.-]", "_", item_id) + ".png")
         if not path.exists():

@@ -144,8 +144,8 @@ def corrupt(task: str, clean: torch.Tensor, levels: Sequence[int] | int, rng: np
             sizes = p.astype(np.int64)
             top = rng.integers(0, h - sizes + 1)
             left = rng.integers(0, w - sizes + 1)
-            for j, (s, t, l) in enumerate(zip(sizes, top, left)):
-                batch[j, :, t:t + s, l:l + s] = colour.reshape(c, 1, 1)
+            for j, (s, t, lft) in enumerate(zip(sizes, top, left)):
+                batch[j, :, t:t + s, lft:lft + s] = colour.reshape(c, 1, 1)
         elif task == "deblur":
             batch = blur(batch, p)
         else:

@@ -269,7 +269,8 @@ def load_mnist(cfg: DataConfig) -> tuple[ImageSet, ImageSet | None, list[str]]:
     except FileNotFoundError:
         raise UserError(f"{FIELD}.path: {path} does not exist") from None
     except Exception as exc:
-        raise UserError(f"{FIELD}.path: {path} is not the (train, valid, test) MNIST pickle ({exc})".splitlines()[0]) from None
+        raise UserError(f"{FIELD}.path: {path} is not the (train, valid, test) MNIST pickle "
+                        f"({exc})".splitlines()[0]) from None
 
     train, valid, test = (_mnist_split(x, y, f"{FIELD}.path: {path}: the {name} split") for name, x, y in (
         ("train", train_x, train_y), ("valid", valid_x, valid_y), ("test", test_x, test_y)))

@@ -58,7 +58,8 @@ def _unit_grey(img) -> np.ndarray:
                                   f"are read (scale it to [0, 1], or save it as 8 or 16 bits)")
         return values
     if low < 0.0 or high > UINT16_MAX:
-        raise ImageDepthError(f"{_describe(mode)} with values in [{low:g}, {high:g}]; integer images are read as 16-bit "
+        raise ImageDepthError(f"{_describe(mode)} with values in [{low:g}, {high:g}]; "
+                              f"integer images are read as 16-bit "
                               f"(0..65535) and these values do not fit (save it as 8 or 16 bits)")
     return values / np.float32(UINT16_MAX)
 

@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from activelab.errors import UserError
 from activelab.protocol import Answer, Context, Env, ItemId, Label, ScoreStream, Task, rng_for
-from activelab.strategies.uncertainty import score_chunks
 from activelab.strategies.selectors import largest_remainder
+from activelab.strategies.uncertainty import score_chunks
 
 from .restoration import LEVEL_PSNR, parse_item
 

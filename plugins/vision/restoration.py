@@ -207,7 +207,8 @@ class EncoderDecoder(nn.Module):
                                   for i in range(depth))
         inner = width * 2 ** depth
         self.middle = nn.Sequential(nn.Conv2d(inner, inner, 3, padding=1), nn.ReLU())
-        self.up = nn.ModuleList(nn.Sequential(nn.ConvTranspose2d(width * 2 ** (i + 1), width * 2 ** i, 4, 2, 1), nn.ReLU())
+        self.up = nn.ModuleList(nn.Sequential(nn.ConvTranspose2d(width * 2 ** (i + 1), width * 2 ** i, 4, 2, 1),
+                                              nn.ReLU())
                                 for i in reversed(range(depth)))
         self.tail = nn.Conv2d(width, channels, 3, padding=1)
         if residual:      # start as the identity: an untrained network returns its input, never worse than it
@@ -425,7 +426,8 @@ class RestorationTask:
             }
         return self._val_cache
 
-    def predict(self, ids: Sequence[ItemId], want: Collection[str], mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
+    def predict(self, ids: Sequence[ItemId], want: Collection[str],
+                mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
         """One chunk: for each generator id, its level's validation PSNR (``level_psnr``) and SSIM (``level_ssim``)."""
         if mc is not None:
             raise ValueError("the restoration task has no stochastic predictions (MC)")
@@ -479,7 +481,8 @@ class RestorationTask:
                 for col, img in enumerate((self.test.corrupted[i].numpy(), restored[i], self.test.clean[i].numpy())):
                     x0 = (3 * j + col) * tile + j * gap
                     y0 = row * tile
-                    grid[y0:y0 + s, x0:x0 + s] = np.repeat(img, 3, 0).transpose(1, 2, 0) if c == 1 else img.transpose(1, 2, 0)
+                    grid[y0:y0 + s, x0:x0 + s] = (np.repeat(img, 3, 0).transpose(1, 2, 0) if c == 1
+                                                  else img.transpose(1, 2, 0))
         plt = _pyplot()
         scale = max(1.0, 96.0 / s)
         fig, ax = plt.subplots(figsize=(grid.shape[1] * scale / 80 + 1.2, grid.shape[0] * scale / 80 + 0.8))

@@ -126,7 +126,8 @@ def test_compare_writes_table_and_plot(tmp_path, capsys):
     assert sorted(p.name for p in (out / "entropy").iterdir()) == ["seed_0", "seed_1"]
     assert main(["compare", str(path), "--strategies", "bogus", "--out", str(out)]) == 2
     # the same folders under a changed recipe are refused, not silently mixed into the table
-    assert main(["compare", str(path), "loop.batch=3", "--strategies", "rand", "--seeds", "1", "--out", str(out), "-q"]) == 2
+    assert main(["compare", str(path), "loop.batch=3", "--strategies", "rand", "--seeds", "1", "--out", str(out),
+                 "-q"]) == 2
     assert "made by a different recipe" in capsys.readouterr().err
 
 

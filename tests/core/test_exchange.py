@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from activelab.labelling import label_studio
 from activelab.cli import main
+from activelab.labelling import label_studio
+from activelab.labelling.files import ExchangeOracle
 from activelab.run import status
 from activelab.testing import OracleConformance, ToyTask
-from activelab.labelling.files import ExchangeOracle
 
 PARAMS = {"n_items": 40, "n_test": 40, "epochs": 5}
 RECIPE = {

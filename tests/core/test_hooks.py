@@ -9,7 +9,8 @@ import types
 
 import pytest
 
-from activelab import hooks, recipe as recipes, registry
+from activelab import hooks, registry
+from activelab import recipe as recipes
 from activelab.cli import main
 from activelab.errors import RecipeError, UserError
 from activelab.pool import Outcome

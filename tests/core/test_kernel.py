@@ -5,10 +5,10 @@ of code; every package of the tree is listed in pyproject.toml; and a run's chec
 from __future__ import annotations
 
 import ast
-import tomllib
 import zipfile
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]

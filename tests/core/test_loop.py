@@ -6,8 +6,8 @@ import yaml
 
 from activelab import recipe as recipes
 from activelab.loop import Runner
-from activelab.run import create_run, status
 from activelab.protocol import Label, Quit
+from activelab.run import create_run, status
 
 TOY = {
     "name": "toy-entropy",
@@ -25,7 +25,8 @@ def start(tmp_path, data=TOY, name="run"):
 def finish(run_dir, **kw):
     runner = Runner(run_dir, progress=False, **kw)
     try:
-        return runner.run(), runner.store.metrics(), [runner.store.batch(r) for r in range(data_rounds(runner) + 1)], runner.store.labels()
+        return (runner.run(), runner.store.metrics(),
+                [runner.store.batch(r) for r in range(data_rounds(runner) + 1)], runner.store.labels())
     finally:
         runner.close()
 

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from activelab.cli import main
 from activelab.testing import ToyTask
 
-SETTINGS = settings(max_examples=int(__import__("os").environ.get("HYPOTHESIS_EXAMPLES", 60)), deadline=None, derandomize=not __import__("os").environ.get("HYPOTHESIS_EXAMPLES"),
+SETTINGS = settings(max_examples=int(__import__("os").environ.get("HYPOTHESIS_EXAMPLES", 60)), deadline=None,
+                    derandomize=not __import__("os").environ.get("HYPOTHESIS_EXAMPLES"),
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),

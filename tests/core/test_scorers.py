@@ -9,10 +9,22 @@ import torch
 from activelab.errors import UserError
 from activelab.protocol import BOOTSTRAP, EMBEDDINGS, MC, MC_DROPOUT, PROBS, Env, collect_scores
 from activelab.strategies.diversity import InformationDensity, KCenterGreedy, k_center_scores, mean_cosine
-from activelab.strategies.uncertainty import (BALD, Entropy, ExpectedGradientLength, LeastConfidence, Margin,
-                                           QueryByCommittee, RandomScorer, bald, entropy,
-                                           expected_gradient_length, least_confidence, margin, mean_kl,
-                                           vote_entropy)
+from activelab.strategies.uncertainty import (
+    BALD,
+    Entropy,
+    ExpectedGradientLength,
+    LeastConfidence,
+    Margin,
+    QueryByCommittee,
+    RandomScorer,
+    bald,
+    entropy,
+    expected_gradient_length,
+    least_confidence,
+    margin,
+    mean_kl,
+    vote_entropy,
+)
 from activelab.testing import ScorerConformance, fitted_toy_task, make_context
 
 torch.set_num_threads(1)

@@ -6,8 +6,14 @@ from pydantic import ValidationError
 
 from activelab.errors import UserError
 from activelab.protocol import Env
-from activelab.strategies.selectors import (Proportional, StreamThreshold, Subsample, TopK, largest_remainder,
-                                 top_k_indices)
+from activelab.strategies.selectors import (
+    Proportional,
+    StreamThreshold,
+    Subsample,
+    TopK,
+    largest_remainder,
+    top_k_indices,
+)
 from activelab.testing import SelectorConformance, make_context
 
 torch.set_num_threads(1)
@@ -132,7 +138,8 @@ def test_stream_threshold_and_budget():
 
 def test_stream_with_zero_budget_reads_nothing():
     stream = Counting(np.ones(10), 2)
-    assert StreamThreshold(StreamThreshold.Config(threshold=0.0)).select(ITEMS[:10], iter(stream), 0, make_context()) == []
+    assert StreamThreshold(StreamThreshold.Config(threshold=0.0)).select(ITEMS[:10], iter(stream), 0,
+                                                                         make_context()) == []
     assert stream.read == 0
 
 

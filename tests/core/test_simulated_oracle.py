@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from activelab.errors import UserError
-from activelab.strategies.simulated import SimulatedOracle
 from activelab.protocol import Env, Label
+from activelab.strategies.simulated import SimulatedOracle
 from activelab.testing import OracleConformance, ToyTask, make_context
 
 torch.set_num_threads(1)

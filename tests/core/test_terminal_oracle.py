@@ -130,7 +130,8 @@ def rows(run_dir: Path, table: str):
     db = sqlite3.connect(run_dir / "labels.sqlite")
     try:
         if table == "labels":
-            return {i: (json.loads(v), r, a) for i, v, r, a in db.execute("SELECT item_id, value, round, annotator FROM labels")}
+            return {i: (json.loads(v), r, a)
+                    for i, v, r, a in db.execute("SELECT item_id, value, round, annotator FROM labels")}
         return {(r, i) for r, i in db.execute("SELECT round, item_id FROM skips")}
     finally:
         db.close()

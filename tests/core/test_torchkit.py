@@ -12,8 +12,17 @@ from torch import nn
 from activelab.errors import UserError
 from activelab.protocol import MC_SEED_BOUND, TORCH_SEED_BOUND, Context, rng_for, seed_for
 from activelab.testing import ToyTask, make_context, true_labels
-from activelab.torchkit import (ItemIndex, build_optimizer, check, checkpoint, load_from_disk, require_columns,
-                                restore, seeded, snapshot)
+from activelab.torchkit import (
+    ItemIndex,
+    build_optimizer,
+    check,
+    checkpoint,
+    load_from_disk,
+    require_columns,
+    restore,
+    seeded,
+    snapshot,
+)
 from activelab.torchkit.seeding import forked_devices
 
 

@@ -176,7 +176,8 @@ class Watch:
         if snap is None:
             return self.last, moment(self.last, self.rounds)
         for item, value in self.last.labels.items():
-            assert snap.labels.get(item, "<gone>") == value, f"label of {item} changed: {value} -> {snap.labels.get(item, '<gone>')}"
+            assert snap.labels.get(item, "<gone>") == value, \
+                f"label of {item} changed: {value} -> {snap.labels.get(item, '<gone>')}"
         for r, batch in self.last.batches.items():
             assert snap.batches.get(r) == batch, f"batch {r} changed: {batch} -> {snap.batches.get(r)}"
         assert snap.metrics[:len(self.last.metrics)] == self.last.metrics, "a committed metrics row changed"

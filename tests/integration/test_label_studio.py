@@ -38,9 +38,9 @@ import pytest
 import yaml
 
 from activelab.cli import main
-from activelab.run import status
 from activelab.plugins.vision.classification import ClassificationTask
 from activelab.protocol import Env
+from activelab.run import status
 
 pytestmark = pytest.mark.labelstudio
 
@@ -111,7 +111,8 @@ class Server:
     def call(self, method: str, path: str, body=None, raw: bool = False):
         request = urllib.request.Request(self.base + path, method=method,
                                          data=None if body is None else json.dumps(body).encode(),
-                                         headers={"Authorization": f"Token {TOKEN}", "Content-Type": "application/json"})
+                                         headers={"Authorization": f"Token {TOKEN}",
+                                                  "Content-Type": "application/json"})
         with self.opener.open(request, timeout=120) as response:
             data = response.read()
         return data if raw else (json.loads(data) if data else None)

@@ -6,7 +6,6 @@ from pydantic import ValidationError
 from activelab.errors import UserError
 from activelab.protocol import EMBEDDINGS, MC, PROBS, Env, rng_for
 from activelab.testing import TaskConformance, make_context
-
 from activelab_tabular.classification import TabularClassification
 
 

@@ -6,7 +6,6 @@ import pytest
 
 from activelab.protocol import EMBEDDINGS, MC, Env, rng_for
 from activelab.testing import TaskConformance, make_context
-
 from activelab_tabular.regression import PREDICTION, TabularRegression
 
 

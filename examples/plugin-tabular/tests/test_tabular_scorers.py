@@ -5,7 +5,6 @@ from pydantic import ValidationError
 
 from activelab.protocol import BOOTSTRAP, MC_DROPOUT, Env, iter_chunks
 from activelab.testing import ScorerConformance, make_context
-
 from activelab_tabular.classification import TabularClassification
 from activelab_tabular.regression import PREDICTION, TabularRegression
 from activelab_tabular.scorers import CommitteeVariance, committee_variance

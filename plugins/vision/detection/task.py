@@ -74,6 +74,7 @@ OUTPUTS = frozenset({MIAOD_UNCERTAINTY, MIAOD_UNCERTAINTY_MIL, ANCHOR_ENTROPY_ME
 MEAN = (0.485, 0.456, 0.406)      # ImageNet statistics: what a ResNet's weights_path expects; harmless otherwise
 STD = (0.229, 0.224, 0.225)
 STRIDE = {"tiny": 16, "resnet18": 128, "resnet50": 128}   # coarsest feature stride: image sides a multiple of it
+BN_STRIDE = {"tiny": 16, "resnet18": 32, "resnet50": 32}   # stride of the coarsest stage with batch norm
 CACHE_BYTES = 2 << 30             # keep decoded images in memory when they take less than this
 BOX_TOLERANCE = 1.0               # a labelled box may stick out of its image by this many pixels (then clipped)
 
@@ -170,6 +171,7 @@ class DetectionTask:
         self.items = ItemIndex(image.id for image in self.pool)
         self._class_index = {name: i for i, name in enumerate(self.classes)}
         self._stride = STRIDE[config.backbone]
+        self._check_sizes()
         self._mean = torch.tensor(MEAN).view(3, 1, 1)
         self._std = torch.tensor(STD).view(3, 1, 1)
         self._cache: dict[tuple[str, int], torch.Tensor] | None = {} if self._should_cache() else None
@@ -179,6 +181,21 @@ class DetectionTask:
         self.trained_on: list[ItemId] = []     # the labelled ids of the last fit (for the selection pictures)
 
     # ------------------------------------------------------------------------------------------ building
+    def _check_sizes(self) -> None:
+        """Batch norm in training needs more than one value per channel: an image that pads to a single cell of
+        the coarsest batch-normalised stage (both sides <= its stride) would crash the first fit on a batch of
+        one, after people labelled. Refuse it at load, naming the image."""
+        if self.cfg.weights_path is not None:
+            return  # pretrained backbones use frozen batch norm
+        limit = BN_STRIDE.get(self.cfg.backbone, 0)
+        for image in (*self.pool, *self.test):
+            scale = self._scale(image)
+            w, h = image.width * scale, image.height * scale
+            if max(w, h) <= limit:
+                raise UserError(f"{image.path}: {image.width}x{image.height} pixels is too small for backbone "
+                                f"'{self.cfg.backbone}' (one side must exceed {limit} px); set "
+                                f"task.params.image_size to resize the images")
+
     def _should_cache(self) -> bool:
         if self.cfg.cache_images is not None:
             return self.cfg.cache_images
@@ -365,7 +382,8 @@ class DetectionTask:
         return stats
 
     # ------------------------------------------------------------------------------------------ inference
-    def _forward_chunks(self, images: Sequence[DetectionImage], split: int) -> Iterator[tuple[int, int, Any, torch.Tensor]]:
+    def _forward_chunks(self, images: Sequence[DetectionImage],
+                        split: int) -> Iterator[tuple[int, int, Any, torch.Tensor]]:
         self.model.eval()
         bs = self.cfg.eval_batch_size
         for start in range(0, len(images), bs):
@@ -374,7 +392,8 @@ class DetectionTask:
                 x = self._batch(chunk, split)
                 yield start, start + len(chunk), self.model(x), x
 
-    def predict(self, ids: Sequence[ItemId], want: Collection[str], mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
+    def predict(self, ids: Sequence[ItemId], want: Collection[str],
+                mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
         if mc is not None:
             raise ValueError("the detection task has no MC predictions (MI-AOD's committee is its two classifiers); "
                              "use the miaod or anchor_entropy scorers")
@@ -428,7 +447,8 @@ class DetectionTask:
         images = [self.pool[self.items.position(i)] for i in ids]
         scores = None
         if images:
-            scores = [float(v) for chunk in self._predict(images, {MIAOD_UNCERTAINTY}) for v in chunk[MIAOD_UNCERTAINTY]]
+            scores = [float(v) for chunk in self._predict(images, {MIAOD_UNCERTAINTY})
+                      for v in chunk[MIAOD_UNCERTAINTY]]
         path.parent.mkdir(parents=True, exist_ok=True)
         return draw_selection(images, self.detections(images), self.classes, path, title=title, scores=scores)
 
@@ -450,7 +470,8 @@ class DetectionTask:
                 and 0 <= int(value) < len(self.classes):
             return self.classes[int(value)]
         shown = ", ".join(self.classes[:20]) + (", ..." if len(self.classes) > 20 else "")
-        raise ValueError(f"box {n}: unknown class {value!r} (classes: {shown}; or a class index 0..{len(self.classes) - 1})")
+        raise ValueError(f"box {n}: unknown class {value!r} "
+                         f"(classes: {shown}; or a class index 0..{len(self.classes) - 1})")
 
     def check_label(self, item_id: ItemId, value: Any) -> list[dict[str, Any]]:
         """A list of ``{"label": class, "box": [x0, y0, x1, y1]}`` in pixels of the image file (an empty list: no
@@ -461,7 +482,8 @@ class DetectionTask:
                              f'...] (an empty list: no objects), got {type(value).__name__}')
         out = []
         for n, item in enumerate(value):
-            if not isinstance(item, Mapping) or set(item) - {"label", "box", "score"} or not {"label", "box"} <= set(item):
+            if (not isinstance(item, Mapping) or set(item) - {"label", "box", "score"}
+                    or not {"label", "box"} <= set(item)):
                 raise ValueError(f'box {n}: expected {{"label": "<class>", "box": [x0, y0, x1, y1]}}, got {item!r}')
             name = self._class_name(item["label"], n)
             box = item["box"]

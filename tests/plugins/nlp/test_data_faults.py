@@ -35,7 +35,8 @@ def _tsv(folder: Path, pairs) -> dict:
 def _with(char: str, side: str, row: int = 4):
     pairs = list(PAIRS)
     s, t = pairs[row]
-    pairs[row] = (s.replace("source", f"sou{char}rce"), t) if side == "source" else (s, t.replace("cible", f"ci{char}ble"))
+    pairs[row] = ((s.replace("source", f"sou{char}rce"), t) if side == "source"
+                  else (s, t.replace("cible", f"ci{char}ble")))
     return pairs
 
 
@@ -58,7 +59,8 @@ def test_a_sentence_with_a_control_character_is_refused_naming_the_file_and_line
 def test_the_readers_and_the_label_check_share_one_rule(tmp_path):
     """A reference the reader accepts is never refused as a label, and the reverse, for every control character."""
     task = TranslationTask(TranslationConfig.model_validate({"data": {**_tsv(tmp_path, PAIRS), "test_fraction": 0.2},
-                                                             "tokenizer": {"vocab_size": 300}}), Env(seed=0, progress=False))
+                                                             "tokenizer": {"vocab_size": 300}}),
+                           Env(seed=0, progress=False))
     item = task.pool_ids()[0]
     for code in [*range(0x20), *range(0x7f, 0xa0)]:
         if chr(code) in "\n":
@@ -82,7 +84,8 @@ def test_control_characters_in_a_saved_dataset_name_the_row(tmp_path):
     datasets = pytest.importorskip("datasets")
     rows = [{"en": s, "fr": t} for s, t in _with("\x1b", "target", row=3)]
     datasets.Dataset.from_dict({"translation": rows}).save_to_disk(str(tmp_path / "hf"))
-    with pytest.raises(UserError, match=rf"^{tmp_path / 'hf'}: row 3: target sentence 'la phrase ci\\x1bble 3': .*U\+001B"):
+    with pytest.raises(UserError,
+                       match=rf"^{tmp_path / 'hf'}: row 3: target sentence 'la phrase ci\\x1bble 3': .*U\+001B"):
         load_data(DataConfig(kind="hf_disk", path=str(tmp_path / "hf")))
 
 

@@ -13,12 +13,18 @@ pytest.importorskip("sacrebleu")
 pytest.importorskip("num2words")
 
 from activelab.cli import main  # noqa: E402
-from activelab.protocol import Env, collect_scores, rng_for  # noqa: E402
-from activelab.testing import ScorerConformance, TaskConformance, make_context, predictions  # noqa: E402
-from activelab.plugins.nlp.curriculum import (CompetenceSampler, competence, difficulty, empirical_cdf,  # noqa: E402
-                                              length_difficulty, rarity_difficulty)
+from activelab.plugins.nlp.curriculum import (  # noqa: E402
+    CompetenceSampler,
+    competence,
+    difficulty,
+    empirical_cdf,
+    length_difficulty,
+    rarity_difficulty,
+)
 from activelab.plugins.nlp.scorers import CurriculumNLL, GreedyNLL, MCDisagreement  # noqa: E402
 from activelab.plugins.nlp.translation import DIFFICULTY, NLL, TranslationConfig, TranslationTask  # noqa: E402
+from activelab.protocol import Env, collect_scores, rng_for  # noqa: E402
+from activelab.testing import ScorerConformance, TaskConformance, make_context, predictions  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -125,14 +131,18 @@ def _files(tmp_path, src: bytes, tgt: bytes):
 
 GOOD = b"".join(b"sentence %d here\n" % i for i in range(8))
 BAD_DATA = {
-    "mismatched line counts": (lambda t: _files(t, GOOD, GOOD[: GOOD.index(b"sentence 6")]), ["src.txt", "line 7", "tgt.txt"]),
+    "mismatched line counts": (lambda t: _files(t, GOOD, GOOD[: GOOD.index(b"sentence 6")]),
+                               ["src.txt", "line 7", "tgt.txt"]),
     "empty line": (lambda t: _files(t, GOOD, GOOD.replace(b"sentence 3 here", b"  ")), ["tgt.txt", "line 4", "empty"]),
     "undecodable bytes": (lambda t: _files(t, GOOD.replace(b"sentence 5", b"sent\xff\xfence"), GOOD),
                           ["src.txt", "line 6", "not UTF-8"]),
-    "tsv row without a tab": (lambda t: _tsv(t, b"a b\tc d\ne f\tg h\nno tab here\ni j\tk l\n"), ["pairs.tsv", "line 3", "no tab"]),
-    "missing file": (lambda t: {"kind": "text", "source_path": str(t / "nope.txt"), "target_path": str(t / "nope2.txt")},
+    "tsv row without a tab": (lambda t: _tsv(t, b"a b\tc d\ne f\tg h\nno tab here\ni j\tk l\n"),
+                              ["pairs.tsv", "line 3", "no tab"]),
+    "missing file": (lambda t: {"kind": "text", "source_path": str(t / "nope.txt"),
+                                "target_path": str(t / "nope2.txt")},
                      ["task.params.data.source_path", "nope.txt", "not found"]),
-    "ding not installed": (lambda t: {"kind": "ding", "path": str(t / "no-de-en")}, ["task.params.data.path", "no-de-en"]),
+    "ding not installed": (lambda t: {"kind": "ding", "path": str(t / "no-de-en")},
+                           ["task.params.data.path", "no-de-en"]),
 }
 
 
@@ -176,7 +186,8 @@ def test_tsv_text_and_hf_sources_agree(tmp_path):
     datasets = pytest.importorskip("datasets")
     rows = [{"en": s, "fr": t} for s, t in pairs]
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"translation": rows[:8]}),
-                          "test": datasets.Dataset.from_dict({"translation": rows[8:]})}).save_to_disk(str(tmp_path / "hf"))
+                          "test": datasets.Dataset.from_dict({"translation": rows[8:]})}).save_to_disk(
+        str(tmp_path / "hf"))
     c = load_data(DataConfig(kind="hf_disk", path=str(tmp_path / "hf")))
     assert c.pool.sources == [s for s, _ in pairs[:8]] and c.test.targets == [t for _, t in pairs[8:]]
 
@@ -308,7 +319,8 @@ def test_tiny_cli_run_computes_bleu(tmp_path, capsys):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({
         "name": "tiny-nmt", "seed": 0,
-        "task": {"plugin": "nlp", "name": "translation", "params": {**TINY, "track": {"every": 10, "bleu": 0.0, "sentences": 8}}},
+        "task": {"plugin": "nlp", "name": "translation",
+                 "params": {**TINY, "track": {"every": 10, "bleu": 0.0, "sentences": 8}}},
         "scorer": {"name": "curriculum_nll", "params": {"rounds": 2}},
         "loop": {"rounds": 2, "initial": 10, "batch": 5},
     }))

@@ -17,8 +17,15 @@ from pydantic import ValidationError
 from activelab.cli import main
 from activelab.errors import UserError
 from activelab.plugins.speech import synth
-from activelab.plugins.speech.data import (ManifestError, SpeechDataConfig, load_speech_data,
-                                           parse_sphinx_transcription, read_audio, read_manifest, transcript_problem)
+from activelab.plugins.speech.data import (
+    ManifestError,
+    SpeechDataConfig,
+    load_speech_data,
+    parse_sphinx_transcription,
+    read_audio,
+    read_manifest,
+    transcript_problem,
+)
 from activelab.plugins.speech.task import RecognitionConfig, RecognitionTask
 from activelab.protocol import Env
 
@@ -261,7 +268,8 @@ def test_the_demo_recipes_generate_the_documented_set():
 ])
 def test_generate_is_validated_with_the_recipe(tmp_path, capsys, data, phrase):
     recipe = {"name": "gen", "task": {"plugin": "speech", "name": "recognition",
-                                      "params": {"data": {**data, "generate": {"utterances": 2, "test_utterances": 1}}}},
+                                      "params": {"data": {**data,
+                                                          "generate": {"utterances": 2, "test_utterances": 1}}}},
               "scorer": {"name": "random"}, "loop": {"rounds": 1, "initial": 2, "batch": 1}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     assert main(["validate", str(tmp_path / "r.yaml")]) == 2

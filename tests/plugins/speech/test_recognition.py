@@ -10,19 +10,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 import yaml
 
 from activelab.cli import main
 from activelab.labelling.terminal import TerminalOracle
-from activelab.protocol import Env, Label, Quit
-from activelab.testing import ScorerConformance, TaskConformance, make_context, true_labels
 from activelab.plugins.speech import synth
 from activelab.plugins.speech.model import LossPredictionModule, ranking_loss
 from activelab.plugins.speech.scorers import CTCEntropy, CTCLeastConfidence, PredictedLoss
-from activelab.plugins.speech.task import (CTC_LEAST_CONFIDENCE, PREDICTED_LOSS, PREDICTED_LOSS_NORM,
-                                           RecognitionConfig, RecognitionTask)
+from activelab.plugins.speech.task import (
+    CTC_LEAST_CONFIDENCE,
+    PREDICTED_LOSS,
+    PREDICTED_LOSS_NORM,
+    RecognitionConfig,
+    RecognitionTask,
+)
+from activelab.protocol import Env, Label, Quit
+from activelab.testing import ScorerConformance, TaskConformance, make_context, true_labels
 
 POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
 TINY = {"dim": 32, "layers": 1, "n_mels": 20, "subsample": 4, "epochs": 1, "min_steps": 12, "batch_size": 8,
@@ -189,7 +193,8 @@ def test_scorers_read_the_outputs_they_name(fitted):
     ids = list(fitted.pool_ids())[16:30]
     out = {k: np.concatenate([c[k] for c in fitted.predict(ids, fitted.outputs)]) for k in fitted.outputs}
     ctx = make_context(round=1)
-    cases = [(PredictedLoss(), PREDICTED_LOSS_NORM), (PredictedLoss(PredictedLoss.Config(normalise=False)), PREDICTED_LOSS),
+    cases = [(PredictedLoss(), PREDICTED_LOSS_NORM),
+             (PredictedLoss(PredictedLoss.Config(normalise=False)), PREDICTED_LOSS),
              (CTCLeastConfidence(), CTC_LEAST_CONFIDENCE), (CTCEntropy(), "ctc_entropy")]
     for scorer, name in cases:
         assert set(scorer.needs) == {name}

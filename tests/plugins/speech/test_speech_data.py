@@ -13,8 +13,15 @@ import soundfile as sf
 
 from activelab.errors import UserError
 from activelab.plugins.speech import synth
-from activelab.plugins.speech.data import (ManifestError, SpeechDataConfig, Utterance, load_speech_data,
-                                           normalise_transcript, read_audio, read_manifest)
+from activelab.plugins.speech.data import (
+    ManifestError,
+    SpeechDataConfig,
+    Utterance,
+    load_speech_data,
+    normalise_transcript,
+    read_audio,
+    read_manifest,
+)
 
 POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
 needs_tools = pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("sox")),
@@ -97,9 +104,11 @@ def _jsonl(*records) -> str:
 
 GOOD = {"audio": "a.wav", "text": "go left"}
 BAD_MANIFESTS = {   # name: (manifest file, contents, the expected line, a phrase of the message)
-    "bad_json": ("m.jsonl", _jsonl(GOOD, "", '{"audio": "a.wav" "text": "x"}'), 3, "not valid JSON (Expecting ',' delimiter)"),
+    "bad_json": ("m.jsonl", _jsonl(GOOD, "", '{"audio": "a.wav" "text": "x"}'), 3,
+                 "not valid JSON (Expecting ',' delimiter)"),
     "missing_text": ("m.jsonl", _jsonl(GOOD, {"audio": "a.wav", "id": "2"}), 2, 'missing "text"'),
-    "missing_file": ("m.csv", "audio,text\na.wav,go\n\nclips/nope.wav,stop\n", 4, "audio file clips/nope.wav not found"),
+    "missing_file": ("m.csv", "audio,text\na.wav,go\n\nclips/nope.wav,stop\n", 4,
+                     "audio file clips/nope.wav not found"),
     "empty_text": ("m.jsonl", _jsonl({"audio": "a.wav", "transcript": "  \t "}), 1, "empty transcript"),
     "csv_column": ("m.csv", "audio,words\na.wav,go\n", 1, 'no "text" column'),
     "duplicate_id": ("m.jsonl", _jsonl({**GOOD, "id": "x"}, {**GOOD, "id": "x"}), 2, 'duplicate id "x" (first at'),
@@ -159,7 +168,8 @@ def test_audiofolder_metadata_csv(tmp_path):
     (folder / "sub").mkdir(parents=True)
     for i in range(5):
         tone(folder / "sub" / f"{i}.wav")
-    (folder / "metadata.csv").write_text("file_name,transcription\n" + "".join(f"sub/{i}.wav,Word {i}\n" for i in range(5)))
+    (folder / "metadata.csv").write_text("file_name,transcription\n"
+                                         + "".join(f"sub/{i}.wav,Word {i}\n" for i in range(5)))
     data = load_speech_data(SpeechDataConfig(kind="audiofolder", path=str(folder)), seed=1)
     assert (len(data.pool), len(data.test)) == (4, 1)
     every = sorted(data.pool + data.test, key=lambda u: u.id)
@@ -184,7 +194,8 @@ def test_hf_dataset_saved_to_disk(tmp_path, monkeypatch):
     assert read_audio(data.test[1].path, 16000).shape == (int(0.35 * 16000),)
     again = load_speech_data(SpeechDataConfig(kind="hf_disk", path=str(tmp_path / "hf")), seed=0)
     assert again == data and len(list((tmp_path / "cache").iterdir())) == 6
-    with pytest.raises(UserError, match=r"text_column: column 'sentence' not in .*; available columns: audio, text, speaker"):
+    with pytest.raises(UserError,
+                       match=r"text_column: column 'sentence' not in .*; available columns: audio, text, speaker"):
         load_speech_data(SpeechDataConfig(kind="hf_disk", path=str(tmp_path / "hf"), text_column="sentence"), seed=0)
 
 
@@ -196,7 +207,8 @@ def test_pocketsphinx_recordings():
     every = {u.id: u for u in data.pool + data.test}
     assert len(every) >= 8 and len(data.test) >= 1
     assert every["cards/001"].transcript == "ten of clubs"
-    assert every["librivox/sense_and_sensibility_01_austen_64kb-0880"].transcript == "he was not an ill disposed young man"
+    assert (every["librivox/sense_and_sensibility_01_austen_64kb-0880"].transcript
+            == "he was not an ill disposed young man")
     for utt in list(every.values())[:4]:
         wave = read_audio(utt.path, 16000)
         assert wave.ndim == 1 and wave.numel() > 16000 * 0.5 and float(wave.abs().max()) > 0.01
@@ -205,7 +217,8 @@ def test_pocketsphinx_recordings():
 def test_pocketsphinx_missing_says_what_to_install(monkeypatch):
     from activelab.plugins.speech import data as speech_data
     monkeypatch.setattr(speech_data, "POCKETSPHINX_DIR", "/nonexistent/pocketsphinx")
-    with pytest.raises(UserError, match=r"^pocketsphinx-testdata is not installed: sudo apt-get install pocketsphinx-testdata$"):
+    with pytest.raises(UserError,
+                       match=r"^pocketsphinx-testdata is not installed: sudo apt-get install pocketsphinx-testdata$"):
         load_speech_data(SpeechDataConfig(kind="pocketsphinx"), seed=0)
 
 

@@ -12,8 +12,13 @@ from pydantic import ValidationError
 
 from activelab.errors import UserError
 from activelab.plugins.vision.detection import synth
-from activelab.plugins.vision.detection.data import (CocoError, DetectionDataConfig, load_coco,
-                                                     load_detection_data, load_image)
+from activelab.plugins.vision.detection.data import (
+    CocoError,
+    DetectionDataConfig,
+    load_coco,
+    load_detection_data,
+    load_image,
+)
 from activelab.plugins.vision.detection.draw import draw_selection
 from activelab.plugins.vision.detection.evaluate import coco_map
 

@@ -22,8 +22,13 @@ from activelab.cli import main
 from activelab.errors import RecipeError, UserError
 from activelab.plugins.vision.detection import data as dd
 from activelab.plugins.vision.detection import synth
-from activelab.plugins.vision.detection.data import (CocoError, DetectionDataConfig, GenerateConfig, load_coco,
-                                                     load_detection_data)
+from activelab.plugins.vision.detection.data import (
+    CocoError,
+    DetectionDataConfig,
+    GenerateConfig,
+    load_coco,
+    load_detection_data,
+)
 from activelab.plugins.vision.detection.task import DetectionTask
 from activelab.protocol import Env
 
@@ -310,3 +315,15 @@ def test_coco_json_nested_100000_levels_deep_is_a_one_line_error(tmp_path):
     with pytest.raises(CocoError, match="nested too deeply") as caught:
         load_coco(path)
     assert "deep.json" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_an_image_too_small_for_the_backbone_is_refused_at_load(tmp_path):
+    """A 12 px image pads to one cell of the tiny backbone's last batch-normalised stage: its first fit on a batch
+    of one would crash after people labelled. It is refused when the task loads, naming the file; resizing with
+    image_size is the way out."""
+    coco_set(tmp_path, n=6, size=12)
+    cfg = DetectionTask.Config(data={"annotations": tmp_path / "ann.json"}, channels=8, head_convs=0, head_width=8)
+    with pytest.raises(UserError, match=r"images/\d\.png: 12x12 pixels is too small for backbone 'tiny'"):
+        DetectionTask(cfg, Env(seed=0, progress=False))
+    resized = cfg.model_copy(update={"image_size": 32})
+    assert len(DetectionTask(resized, Env(seed=0, progress=False)).pool_ids()) > 0

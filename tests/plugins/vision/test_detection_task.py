@@ -15,12 +15,17 @@ import yaml
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from activelab.cli import main
+from activelab.errors import UserError
 from activelab.labelling.terminal import TerminalOracle
 from activelab.plugins.vision.detection.scorers import AnchorEntropy, MIAODUncertainty
 from activelab.plugins.vision.detection.synth import make_digit_canvases
-from activelab.plugins.vision.detection.task import (ANCHOR_ENTROPY_MAX, ANCHOR_ENTROPY_MEAN, MIAOD_UNCERTAINTY,
-                                                     MIAOD_UNCERTAINTY_MIL, DetectionTask)
-from activelab.errors import UserError
+from activelab.plugins.vision.detection.task import (
+    ANCHOR_ENTROPY_MAX,
+    ANCHOR_ENTROPY_MEAN,
+    MIAOD_UNCERTAINTY,
+    MIAOD_UNCERTAINTY_MIL,
+    DetectionTask,
+)
 from activelab.protocol import Env
 from activelab.store import LabelStore
 from activelab.testing import ScorerConformance, TaskConformance, make_context, predictions, true_labels
@@ -282,9 +287,9 @@ def test_scorer_configs_select_the_task_output(canvases):
 
 # ----------------------------------------------------------------------------------------------- people
 def test_a_person_types_boxes_at_the_terminal_and_the_store_keeps_the_canonical_label(canvases, tmp_path):
+    from activelab import recipe as recipes
     from activelab.loop import Runner
     from activelab.run import create_run
-    from activelab import recipe as recipes
 
     p = params(canvases)
     recipe = write_recipe(tmp_path / "r.yaml", p, initial=2)
@@ -330,7 +335,8 @@ def test_boxes_round_trip_through_label_studio(canvases, tmp_path, capsys):
     import xml.etree.ElementTree as ET
 
     recipe = {"name": "boxes-by-hand", "task": {"plugin": "vision", "name": "detection", "params": params(canvases)},
-              "scorer": {"name": "miaod"}, "oracle": {"name": "exchange"}, "loop": {"rounds": 1, "initial": 4, "batch": 2}}
+              "scorer": {"name": "miaod"}, "oracle": {"name": "exchange"},
+              "loop": {"rounds": 1, "initial": 4, "batch": 2}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     run = tmp_path / "run"
     assert main(["run", str(tmp_path / "r.yaml"), "--out", str(run), "-q"]) == 0           # awaiting labels

@@ -17,8 +17,8 @@ from activelab.cli import main
 from activelab.errors import UserError
 from activelab.plugins.vision import datasets as vd
 from activelab.plugins.vision import images as vi
-from activelab.plugins.vision.detection.data import CocoError, load_coco, load_image
 from activelab.plugins.vision.classification import ClassificationTask
+from activelab.plugins.vision.detection.data import CocoError, load_coco, load_image
 from activelab.plugins.vision.restoration import RestorationConfig, RestorationData, RestorationTask, load_folder
 from activelab.protocol import Env
 

@@ -9,10 +9,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
 import torch
 import yaml
 from PIL import Image
+from pydantic import ValidationError
 from scipy import stats
 
 from activelab import recipe as recipes
@@ -20,12 +20,16 @@ from activelab.cli import main
 from activelab.errors import UserError
 from activelab.plugins.vision import corruptions as C
 from activelab.plugins.vision.ondemand import Corruptor, InversePSNR, Schedule, sample_seed, schedule_levels
-from activelab.plugins.vision.restoration import (LEVEL_PSNR, EncoderDecoder, RestorationConfig, RestorationTask,
-                                                  parse_item)
+from activelab.plugins.vision.restoration import (
+    LEVEL_PSNR,
+    EncoderDecoder,
+    RestorationConfig,
+    RestorationTask,
+    parse_item,
+)
 from activelab.protocol import Context, Env, Label, collect_scores
 from activelab.strategies.selectors import Proportional
-from activelab.testing import (OracleConformance, ScorerConformance, SelectorConformance, TaskConformance,
-                               make_context)
+from activelab.testing import OracleConformance, ScorerConformance, SelectorConformance, TaskConformance, make_context
 
 torch.set_num_threads(1)
 
@@ -198,8 +202,8 @@ def test_feedback_gives_the_lowest_psnr_level_the_most_samples():
 
 
 def test_inverse_psnr_is_finite_for_a_useless_model():
-    scores = collect_scores(InversePSNR().score(_FixedPSNR([0.0, 0.5, 3.0, 100.0, 10.0]), ["level1", "level2", "level3",
-                                                                                              "level4", "level5"], ctx(1)))
+    scores = collect_scores(InversePSNR().score(_FixedPSNR([0.0, 0.5, 3.0, 100.0, 10.0]),
+                                                ["level1", "level2", "level3", "level4", "level5"], ctx(1)))
     assert np.all(np.isfinite(scores)) and scores[0] == scores[1] == 1.0
 
 
@@ -209,7 +213,8 @@ def test_feedback_on_a_real_model_follows_its_validation_psnr():
     task.fit(labels, ctx(0, labels))
     psnr = collect_scores(iter([c[LEVEL_PSNR] for c in task.predict(task.pool_ids(), {LEVEL_PSNR})]))
     assert np.all(np.diff(psnr) < 0)                   # more noise, worse restoration
-    chosen = Proportional().select(task.pool_ids(), InversePSNR().score(task, task.pool_ids(), ctx(1, labels)), 500, ctx(1))
+    chosen = Proportional().select(task.pool_ids(), InversePSNR().score(task, task.pool_ids(), ctx(1, labels)), 500,
+                                   ctx(1))
     counts = [Counter(chosen)[i] for i in task.pool_ids()]
     assert counts == sorted(counts) and counts[-1] > counts[0]
 
@@ -234,7 +239,8 @@ def test_baseline_schedules():
     assert cumulative[4] == [34, 33, 33, 0, 0] and cumulative[11] == [20] * 5
     assert schedule_levels("cumulative", 5, 100, stage_rounds=3) == [0, 1, 2, 3, 4]
     # the schedules ignore the scores (a baseline never runs the validation pass)
-    assert Schedule(Schedule.Config(mode="joint")).select(ids, iter(()), 10, ctx(1)) == [i for i in ids for _ in range(2)]
+    assert (Schedule(Schedule.Config(mode="joint")).select(ids, iter(()), 10, ctx(1))
+            == [i for i in ids for _ in range(2)])
     with pytest.raises(Exception, match="fixated needs level"):
         Schedule.Config(mode="fixated")
     with pytest.raises(ValidationError, match="less than or equal to 5"):
@@ -248,7 +254,7 @@ def test_corruptor_answers_one_item_per_generator():
     assert all(isinstance(a, Label) and a.annotator == "corruptor" for a in answers)
     assert [a.value["count"] for a in answers] == [3, 5, 1] and [a.value["level"] for a in answers] == [1, 4, 2]
     again = list(Corruptor().label(None, items[::-1], ctx(6, seed=3)))
-    assert {a.item_id: a.value for a in again} == {a.item_id: a.value for a in answers}      # seeds: (seed, round, level)
+    assert {a.item_id: a.value for a in again} == {a.item_id: a.value for a in answers}  # seeds: (seed, round, level)
     assert answers[0].value["seed"] != list(Corruptor().label(None, ["level1"], ctx(7, seed=3)))[0].value["seed"]
     json.dumps([a.value for a in answers])
     with pytest.raises(UserError):
@@ -312,7 +318,8 @@ class TestRestorationConformance(TaskConformance):
         good = {"level": 3, "count": 7, "seed": 11}
         assert task.check_label("level3@2", good) == good
         for item, value in [("level3@2", {"level": 2, "count": 7, "seed": 1}), ("level3@2", {"level": 3}),
-                            ("level3@2", {"level": 3, "count": -1, "seed": 1}), ("level3@2", {"level": 3, "count": True, "seed": 1}),
+                            ("level3@2", {"level": 3, "count": -1, "seed": 1}),
+                            ("level3@2", {"level": 3, "count": True, "seed": 1}),
                             ("level9@2", {"level": 9, "count": 1, "seed": 1}), ("cat.png", good), ("level3@2", 3)]:
             with pytest.raises(ValueError):
                 task.check_label(item, value)
@@ -346,7 +353,8 @@ def test_state_round_trip_continues_bit_identically(ema, layout, old_layout):
     for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()):
         assert torch.equal(x, y)
     if ema:
-        for x, y, z in zip(a.average.state_dict().values(), b.average.state_dict().values(), a.model.state_dict().values()):
+        for x, y, z in zip(a.average.state_dict().values(), b.average.state_dict().values(),
+                           a.model.state_dict().values()):
             assert torch.equal(x, y) and not torch.equal(x, z)     # evaluated: the average, not the last weights
     assert a.evaluate() == b.evaluate()
     with pytest.raises(UserError, match="checkpoint does not match"):
@@ -395,7 +403,8 @@ def _folder(tmp_path, n=4, bad=None):
     rng = np.random.default_rng(0)
     for i in range(n):
         folder = root if i % 2 else root / "sub" / "deeper"
-        Image.fromarray((rng.random((40, 48, 3)) * 255).astype(np.uint8)).save(folder / f"img{i}.{'png' if i % 3 else 'jpg'}")
+        Image.fromarray((rng.random((40, 48, 3)) * 255).astype(np.uint8)).save(
+            folder / f"img{i}.{'png' if i % 3 else 'jpg'}")
     (root / "notes.txt").write_text("not an image, not looked at")
     if bad:
         (root / "sub" / bad).write_bytes(b"\xff\xd8\xff not really a jpeg")

@@ -25,8 +25,7 @@ from pydantic import Field
 from sklearn.metrics import accuracy_score, f1_score
 
 from activelab.errors import UserError
-from activelab.protocol import (BOOTSTRAP, EMBEDDINGS, MC, MC_DROPOUT, PROBS, Context, Env, ItemId, rng_for,
-                                seed_for)
+from activelab.protocol import BOOTSTRAP, EMBEDDINGS, MC, MC_DROPOUT, PROBS, Context, Env, ItemId, rng_for, seed_for
 
 from .data import CLASSIFICATION, fingerprint, load_table
 from .model import MLP, ModelConfig, check_mc, committee_chunks, new_model, train
@@ -107,7 +106,8 @@ class TabularClassification:
             self.members.append(member)
 
     # ------------------------------------------------------------------------------------------ inference
-    def predict(self, ids: Sequence[ItemId], want: Collection[str], mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
+    def predict(self, ids: Sequence[ItemId], want: Collection[str],
+                mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
         check_mc(mc, len(self.members))  # here, not inside the generator, so a bad request fails at the call
         rows = self.x[[self._position(i) for i in ids]]
         return self._predict(rows, set(want), mc)
@@ -150,7 +150,8 @@ class TabularClassification:
                 return int(value)
         elif isinstance(value, str) and value.strip() in self.classes:
             return self.classes.index(value.strip())
-        raise ValueError(f"invalid label {value!r} for {self.table.name}: give a class index 0..{len(self.classes) - 1} "
+        raise ValueError(f"invalid label {value!r} for {self.table.name}: "
+                         f"give a class index 0..{len(self.classes) - 1} "
                          f"or a class name ({', '.join(self.classes)})")
 
     def label_schema(self) -> dict[str, Any]:

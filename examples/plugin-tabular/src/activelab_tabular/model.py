@@ -123,8 +123,6 @@ def committee_chunks(model: MLP, members: Sequence[MLP], x: torch.Tensor, mc: MC
                      chunk_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(out, h)`` for consecutive chunks of the rows of ``x``: shapes ``(B, ...)`` without ``mc``, and
     ``(T, B, ...)`` with it (one slice per committee member). Runs under inference mode."""
-    from activelab.protocol import seed_for
-
     if mc is not None and mc.mode == "batchwise":   # one mask per member for the whole pool: drawn once
         masks = dropout_masks(model.p, (mc.samples, 1, model.hidden1.out_features),
                               torch.Generator().manual_seed(seed_for(mc.seed, "batchwise")), x.device)

@@ -113,7 +113,8 @@ class TabularRegression:
             self.members.append(member)
 
     # ------------------------------------------------------------------------------------------ inference
-    def predict(self, ids: Sequence[ItemId], want: Collection[str], mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
+    def predict(self, ids: Sequence[ItemId], want: Collection[str],
+                mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
         check_mc(mc, len(self.members))
         rows = self.x[[self._position(i) for i in ids]]
         return self._predict(rows, set(want), mc)
