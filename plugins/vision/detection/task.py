@@ -182,18 +182,25 @@ class DetectionTask:
 
     # ------------------------------------------------------------------------------------------ building
     def _check_sizes(self) -> None:
-        """Batch norm in training needs more than one value per channel: an image that pads to a single cell of
-        the coarsest batch-normalised stage (both sides <= its stride) would crash the first fit on a batch of
-        one, after people labelled. Refuse it at load, naming the image."""
-        if self.cfg.weights_path is not None:
-            return  # pretrained backbones use frozen batch norm
-        limit = BN_STRIDE.get(self.cfg.backbone, 0)
+        """Batch norm in training needs more than one value per channel: an image whose padded batch makes a
+        single cell at the coarsest batch-normalised stage would crash the first fit on a batch of one, after
+        people labelled. Refuse it at load, naming the image. (Batches are padded to multiples of the coarsest
+        feature stride, or to ``image_size`` squares.)"""
+        if self.cfg.weights_path is not None or self.cfg.adapter != "torchvision":
+            return  # pretrained backbones use frozen batch norm; mmdet sizes its own inputs
+        limit, stride = BN_STRIDE.get(self.cfg.backbone, 0), self._stride
+        if not limit:
+            return
         for image in (*self.pool, *self.test):
-            scale = self._scale(image)
-            w, h = image.width * scale, image.height * scale
-            if max(w, h) <= limit:
-                raise UserError(f"{image.path}: {image.width}x{image.height} pixels is too small for backbone "
-                                f"'{self.cfg.backbone}' (one side must exceed {limit} px); set "
+            if self.cfg.image_size is not None:
+                w = h = self.cfg.image_size
+            else:
+                w, h = image.width, image.height
+            padded_w, padded_h = math.ceil(w / stride) * stride, math.ceil(h / stride) * stride
+            cells = math.ceil(padded_w / limit) * math.ceil(padded_h / limit)
+            if cells <= 1:
+                raise UserError(f"task.params.data: image {image.path} is {image.width}x{image.height} pixels, too "
+                                f"small for backbone '{self.cfg.backbone}' (one side must exceed {limit} px); set "
                                 f"task.params.image_size to resize the images")
 
     def _should_cache(self) -> bool:

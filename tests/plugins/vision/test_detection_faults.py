@@ -323,7 +323,8 @@ def test_an_image_too_small_for_the_backbone_is_refused_at_load(tmp_path):
     image_size is the way out."""
     coco_set(tmp_path, n=6, size=12)
     cfg = DetectionTask.Config(data={"annotations": tmp_path / "ann.json"}, channels=8, head_convs=0, head_width=8)
-    with pytest.raises(UserError, match=r"images/\d\.png: 12x12 pixels is too small for backbone 'tiny'"):
+    too_small = r"task\.params\.data: image .*images/\d\.png is 12x12 pixels, too small for backbone .tiny."
+    with pytest.raises(UserError, match=too_small):
         DetectionTask(cfg, Env(seed=0, progress=False))
     resized = cfg.model_copy(update={"image_size": 32})
     assert len(DetectionTask(resized, Env(seed=0, progress=False)).pool_ids()) > 0
