@@ -29,7 +29,7 @@ from . import hooks
 from .device import pick_device
 from .errors import UserError
 from .pool import Outcome, make_pool
-from .protocol import Context, Env, Label, Quit, RunStatus, iter_chunks
+from .protocol import Context, Env, Label, Quit, RunStatus, iter_blocks
 from .report import plot_learning_curve
 from .run import CURVE_FILE, METRICS_FILE, RECIPE_FILE, STORE_FILE, atomic_write, discard_new_run, lock, open_run
 from .store import LabelStore
@@ -127,13 +127,18 @@ class Runner:
         for old in range(0, round - keep + 1):
             self.checkpoint(old).unlink(missing_ok=True)
 
-    def _scored(self, chunks: Iterator[np.ndarray], total: int, sink: list[np.ndarray]) -> Iterator[np.ndarray]:
+    def _scored(self, chunks: Iterator[Any], total: int) -> Iterator[Any]:
+        """The scorer's chunks, passed on untouched (a selector may fuse their measure), with a progress bar."""
         bar = tqdm(total=total, desc="scoring", unit="item", disable=not self.progress, leave=False)
-        for chunk in chunks:
-            sink.append(chunk)
-            bar.update(len(chunk))
-            yield chunk
-        bar.close()
+        try:
+            for chunk in chunks:
+                bar.update(len(chunk))
+                yield chunk
+        finally:
+            bar.close()
+            close = getattr(chunks, "close", None)
+            if close is not None:   # a selector that stops early (a stream) stops the scorer's predictions too
+                close()
 
     # ------------------------------------------------------------------------------------------ steps
     def select(self, round: int) -> list[str]:
@@ -147,15 +152,13 @@ class Runner:
             chosen_scores = None
         else:
             self._ensure_model(round - 1)
-            seen: list[np.ndarray] = []
             started = time.perf_counter()
             raw = self.scorer.score(self.task, candidates, ctx)
-            chosen = self.selector.select(candidates, self._scored(iter_chunks(raw), len(candidates), seen),
-                                          ctx.budget, ctx)
+            chosen = self.selector.select(candidates, self._scored(iter_blocks(raw), len(candidates)), ctx.budget, ctx)
             self._score_seconds = time.perf_counter() - started
-            scores = np.concatenate(seen) if seen else np.zeros(0)
-            index = {item: i for i, item in enumerate(candidates[: len(scores)])}
-            chosen_scores = [_finite(float(scores[index[c]])) if c in index else None for c in chosen]
+            values = getattr(chosen, "scores", None)   # a Picks carries the chosen items' scores, nothing more
+            chosen_scores = [_finite(float(v)) for v in values] if values is not None and len(values) == len(chosen) \
+                else [None] * len(chosen)
         self.store.open_batch(round, list(chosen), chosen_scores)
         return list(chosen)
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from . import hooks
 from .errors import UserError
-from .protocol import Answer, Label, Quit, Skip, Task, Text, Undo
+from .protocol import Answer, Candidates, Label, Quit, Skip, Task, Text, Undo
 from .store import LabelStore
 
 
@@ -37,13 +39,17 @@ class LabelPool:
         self.task = task
         self.store = store
         ids = [str(i) for i in task.pool_ids()]
-        if len(set(ids)) != len(ids):
+        self._position = {item: i for i, item in enumerate(ids)}
+        if len(self._position) != len(ids):
             raise UserError("the task's pool has duplicate item ids")
         self._ids = ids
 
-    def candidates(self) -> list[str]:
-        labelled = self.store.labels()
-        return [i for i in self._ids if i not in labelled]
+    def candidates(self) -> Candidates:
+        """The unlabelled items, in pool order, as positions into the task's pool (no per-item id work)."""
+        free = np.ones(len(self._ids), dtype=bool)
+        taken = [self._position[i] for i in self.store.labels() if i in self._position]
+        free[np.asarray(taken, dtype=np.int64)] = False
+        return Candidates(self._ids, np.flatnonzero(free))
 
     def labels(self) -> dict[str, Any]:
         return self.store.labels()
@@ -99,8 +105,8 @@ class LabelPool:
 class SynthesisPool(LabelPool):
     """Generators are always candidates; answers are new synthesised items ``"<generator>@<round>"``."""
 
-    def candidates(self) -> list[str]:
-        return list(self._ids)
+    def candidates(self) -> Candidates:
+        return Candidates(self._ids)
 
     def n_labeled(self) -> int:
         return int(sum(int(v.get("count", 1)) for v in self.store.labels().values()))

@@ -15,7 +15,10 @@ Components are plain classes that satisfy these Protocols; no base class is need
 with ``extra="forbid"``, validated from the recipe) and ``env`` is an :class:`Env`.
 
 Item ids are strings everywhere (``"17"``, ``"img/0001.png"``, ``"level3@5"``): they are the primary key of the
-label store and must be stable across processes.
+label store and must be stable across processes. On the query's hot path they travel as row positions instead:
+the pool's candidates are :class:`Candidates` (positions into ``task.pool_ids()``, still a sequence of ids), a task
+reads the positions directly, and a selector returns :class:`Picks` (the chosen ids with their positions and
+scores), so only the k chosen items are turned back into ids and nobody keeps N scores.
 """
 from __future__ import annotations
 
@@ -166,8 +169,69 @@ class Quit:
 Answer = Union[Label, Skip, Undo, Quit]
 
 #: What a scorer returns: one array of scores for all candidates, or an iterator of chunks whose concatenation
-#: aligns with the candidates (lets a selector keep a running top-k, or stop a stream early).
-ScoreStream = Union[np.ndarray, Iterable[np.ndarray]]
+#: aligns with the candidates (lets a selector keep a running top-k, or stop a stream early). A chunk is an array
+#: or anything ``np.asarray`` turns into one (a block whose scores are computed only when read, so a selector
+#: may fuse the measure with its own pass over the block).
+ScoreStream = Union[np.ndarray, Iterable[Any]]
+
+
+# ------------------------------------------------------------------------------------- candidates, picks
+class Candidates(Sequence[ItemId]):
+    """Items as row positions into the task's :meth:`Task.pool_ids` (the ``universe``): what travels from the pool
+    through the selector and the scorer to ``task.predict``, so nothing looks up N item ids on the way.
+
+    It is a sequence of item ids (indexing, iterating, ``len``), so code written for lists keeps working; a task
+    that keeps its arrays in ``pool_ids`` order reads ``rows`` directly (``activelab.torchkit.ItemIndex.positions``
+    does so when the universe is its own pool) and turns back into ids only what it must."""
+
+    __slots__ = ("universe", "rows")
+
+    def __init__(self, universe: Sequence[ItemId], rows: Any = None):
+        self.universe = universe
+        self.rows = np.arange(len(universe), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return Candidates(self.universe, self.rows[i])
+        return self.universe[int(self.rows[i])]
+
+    def __iter__(self) -> Iterator[ItemId]:
+        universe = self.universe
+        return (universe[r] for r in self.rows.tolist())
+
+    def take(self, positions: Any) -> "Candidates":
+        """The candidates at ``positions`` (indices into this sequence), in that order."""
+        return Candidates(self.universe, self.rows[np.asarray(positions, dtype=np.int64)])
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Candidates, list, tuple)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(repr(i) for i in self[:5])
+        return f"Candidates([{shown}{', ...' if len(self) > 5 else ''}], n={len(self)})"
+
+
+class Picks(list):
+    """What a selector returns: the chosen item ids in asking order (a list), with ``positions`` (int64 indices
+    into the candidates it was given) and ``scores`` (the chosen items' scores; ``None`` for an uninformed pick).
+    The loop records these scores with the batch; it never keeps the scores of every candidate."""
+
+    def __init__(self, ids: Iterable[ItemId], positions: Any = None, scores: Any = None):
+        super().__init__(ids)
+        self.positions = None if positions is None else np.asarray(positions, dtype=np.int64)
+        self.scores = None if scores is None else np.asarray(scores, dtype=np.float64)
+
+
+def candidate_ids(candidates: Sequence[ItemId], positions: Any) -> list[ItemId]:
+    """The ids at ``positions`` of ``candidates`` (only those are turned back into ids)."""
+    return [candidates[int(i)] for i in np.asarray(positions, dtype=np.int64).tolist()]
 
 
 # ------------------------------------------------------------------------------------------- protocols
@@ -251,11 +315,13 @@ class Selector(Protocol):
 
     allows_repeats: bool
 
-    def candidates(self, available: Sequence[ItemId], ctx: Context) -> list[ItemId]:
-        """Which of the available items to score this round, in the order they will be scored."""
+    def candidates(self, available: Sequence[ItemId], ctx: Context) -> Sequence[ItemId]:
+        """Which of the available items to score this round, in the order they will be scored (keep them a
+        :class:`Candidates`, e.g. with ``available.take(positions)``, so tasks predict by position)."""
 
     def select(self, candidates: Sequence[ItemId], scores: ScoreStream | None, k: int, ctx: Context) -> list[ItemId]:
-        """The items to ask the oracle about, in asking order."""
+        """The items to ask the oracle about, in asking order: a :class:`Picks` (so the loop can record the chosen
+        items' scores) or a plain list of ids (their scores are then not recorded)."""
 
 
 @runtime_checkable
@@ -275,8 +341,9 @@ class Oracle(Protocol):
 class Pool(Protocol):
     """Which items are labelled and which may be asked about; backed by the run's durable label store."""
 
-    def candidates(self) -> list[ItemId]:
-        """Items that may be queried now (unlabelled items; or generators for synthesis)."""
+    def candidates(self) -> Sequence[ItemId]:
+        """Items that may be queried now (unlabelled items; or generators for synthesis), in pool order: a
+        :class:`Candidates` over the task's ``pool_ids``."""
 
     def labels(self) -> dict[ItemId, Any]:
         """Every committed label."""
@@ -286,12 +353,17 @@ class Pool(Protocol):
 
 
 # ------------------------------------------------------------------------------------------- helpers
+def iter_blocks(scores: ScoreStream) -> Iterator[Any]:
+    """A scorer's result as its chunks, untouched (an array result is one chunk)."""
+    if isinstance(scores, np.ndarray):
+        yield scores
+        return
+    yield from scores
+
+
 def iter_chunks(scores: ScoreStream) -> Iterator[np.ndarray]:
     """Normalise a scorer's result into 1-d float64 chunks."""
-    if isinstance(scores, np.ndarray):
-        yield np.asarray(scores, dtype=np.float64).reshape(-1)
-        return
-    for chunk in scores:
+    for chunk in iter_blocks(scores):
         yield np.asarray(chunk, dtype=np.float64).reshape(-1)
 
 

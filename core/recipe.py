@@ -10,14 +10,36 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from . import registry
 from .errors import RecipeError, UserError
 from .protocol import Env
+
+
+def _not_empty(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise PydanticCustomError("empty_path", "must be a path, not an empty string")
+    return value
+
+
+def _expanded(path: Path) -> Path:
+    try:
+        return path.expanduser()
+    except RuntimeError:            # "~name/..." of an unknown user: Path.expanduser raises
+        raise PydanticCustomError("home_folder", "cannot expand ~ in {path}: no such user or no home folder",
+                                  {"path": str(path)}) from None
+
+
+DataPath = Annotated[Path, BeforeValidator(_not_empty), AfterValidator(_expanded)]
+"""The type of a component config's filesystem-path field (``DataPath | None`` when it may be left out): a
+:class:`~pathlib.Path` with ``~`` expanded, so a run folder pins it to the same absolute path from any folder
+(``Path("~/x").absolute()`` would be ``<cwd>/~/x``); an empty string is refused (``Path("")`` is the current
+folder)."""
 
 
 class ComponentSpec(BaseModel):

@@ -96,7 +96,8 @@ class InformationDensity:
 
 
 def k_center_scores(points: np.ndarray, min_dist: np.ndarray, budget: int) -> np.ndarray:
-    """Greedy k-center (farthest-first) over ``points``, turned into scores whose top-k is the greedy order.
+    """Greedy k-center (farthest-first; the core-set of Sener & Savarese 2018) over ``points``, turned into scores
+    whose top-k is the greedy order.
 
     ``min_dist[i]`` is point i's distance to the nearest labelled item (``inf`` where nothing is labelled).
     ``budget`` picks are made, each the point farthest from everything labelled or picked so far (ties to the
@@ -105,43 +106,44 @@ def k_center_scores(points: np.ndarray, min_dist: np.ndarray, budget: int) -> np
     index comes first (as :class:`~activelab.strategies.selectors.TopK` breaks ties), and with that the top-k of the
     scores is exactly the greedy sequence. With nothing labelled the first pick is the point nearest the mean of all
     points, and it scores 1 more than the highest other score (distances there are infinite).
+
+    Exact, and it reads little (:mod:`.kcenter`): every decision and every pick's score uses float64 distances of
+    the given coordinates (float32 embeddings are not copied to float64), so the picks are those of a float64 brute
+    force, ties included. The points are grouped (two-level k-means) and held as int16 offsets from their group's
+    mean; integer dot products bound each distance, and the triangle inequality skips every group (and point) whose
+    distances to the new pick cannot undercut what its points already have, which leaves their distances unchanged
+    -- the pruning is exact. An unpicked point's score is exact wherever it could reach the last pick's; elsewhere it
+    is the exact distance to one labelled or picked item, within ~1e-4 (relative to the group's size) of its
+    nearest. Extra memory: N * D * 2 bytes plus O(N).
     """
-    x = np.asarray(points, dtype=np.float32)
-    n = len(x)
-    dist = np.array(min_dist, dtype=np.float64)
-    scores = dist.copy()
+    from .kcenter import farthest_first
+
+    dist = np.array(min_dist, dtype=np.float64).reshape(-1)
+    n = len(dist)
     if n == 0:
-        return scores
+        return dist
     cold = bool(np.all(np.isinf(dist)))
     n_picks = min(max(budget, 1 if cold else 0), n)
-    picked = np.zeros(n, dtype=bool)
-    first = int(np.argmin(np.square(x - x.mean(axis=0)).sum(axis=1, dtype=np.float64))) if cold else -1
-    for step in range(n_picks):
-        if step == 0 and cold:
-            i = first
-        else:
-            i = int(np.argmax(np.where(picked, -1.0, dist)))
-        scores[i] = dist[i]
-        picked[i] = True
-        dist = np.minimum(dist, np.sqrt(np.square(x - x[i]).sum(axis=1, dtype=np.float64)))
-    scores[~picked] = dist[~picked]
+    picks, _, scores, _ = farthest_first(points, dist, n_picks, cold)
     if cold:
+        first = int(picks[0])
         others = np.delete(scores, first)
         scores[first] = (others.max() + 1.0) if len(others) else 0.0
     return scores
 
 
 def nearest_distance(points: np.ndarray, others: np.ndarray, block: int = 1024) -> np.ndarray:
-    """Euclidean distance from each row of ``points`` to its nearest row of ``others`` (``inf`` if none), in
-    blocks of ``others`` so memory stays O(N * block)."""
-    x = np.asarray(points, dtype=np.float64)
-    best = np.full(len(x), np.inf)
-    sq = np.square(x).sum(axis=1)
-    for start in range(0, len(others), block):
-        o = np.asarray(others[start:start + block], dtype=np.float64)
-        d2 = sq[:, None] + np.square(o).sum(axis=1)[None, :] - 2.0 * (x @ o.T)
-        best = np.minimum(best, np.sqrt(np.maximum(d2, 0.0)).min(axis=1))
-    return best
+    """Euclidean distance (float64) from each row of ``points`` to its nearest row of ``others`` (``inf`` if none).
+
+    float32 (or float64) rows are used as given. Blocked over both: float32 products ``|x|^2 + |o|^2 - 2 x.o``
+    of ``block`` rows of ``others`` against as many points as keep that block near 16 MB, so memory stays bounded
+    whatever N and M. The result is exact (float64 distances of the given coordinates, as a brute force computes
+    them): a rigorous bound on the float32 error selects which candidates to recompute in float64 -- the block's
+    approximate nearest and any other that could still beat it (:func:`.kcenter.nearest_distances`).
+    """
+    from .kcenter import nearest_distances
+
+    return nearest_distances(points, others, block)[0]
 
 
 class KCenterGreedy:
@@ -150,7 +152,9 @@ class KCenterGreedy:
     Up to ``ctx.budget`` farthest-first picks starting from the labelled items (``ctx.labels``, embedded with
     ``task.predict`` too, so they must be ids the task knows); see :func:`k_center_scores` for how the picks
     become scores (top-k of the scores = the greedy picks, in order). Memory: the embeddings of the candidates
-    and labelled items; time O((M + k) N D). With nothing labelled the traversal starts from the candidate
+    and labelled items plus a 16-bit copy of the candidates'; time: an exact nearest-labelled pass, then k greedy
+    steps that skip every group of points a pick provably cannot move (so well under N D per step on clustered
+    features, N D on structureless ones; see :mod:`.kcenter`). With nothing labelled the traversal starts from the candidate
     nearest the mean embedding. The result depends on ``ctx.budget``: with a stream selector or a budget other
     than the loop's, only the greedy prefix is meaningful.
     """

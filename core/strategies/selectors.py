@@ -15,34 +15,56 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from activelab.errors import UserError
-from activelab.protocol import Context, ItemId, ScoreStream, collect_scores, iter_chunks
+from activelab.protocol import (
+    Candidates,
+    Context,
+    ItemId,
+    Picks,
+    ScoreStream,
+    candidate_ids,
+    collect_scores,
+    iter_blocks,
+    iter_chunks,
+)
+
+from .blocks import MeasureBlock, joined
+from .kernels import TopKAccumulator
+
+
+def top_k(scores: ScoreStream, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions and scores of the ``k`` highest of ``n`` scores, best first (ties: lower position first; NaN
+    ranks last), in one pass over the chunks with O(k) memory; a :class:`~.blocks.MeasureBlock` chunk is
+    measured and ranked in the same pass. ``ValueError`` when the chunks do not hold exactly ``n`` scores."""
+    best = TopKAccumulator(max(0, min(k, n)))
+    for chunk in joined(iter_blocks(scores)):
+        if isinstance(chunk, MeasureBlock) and chunk.on_host:
+            best.push_measure(chunk.kind, chunk.data, best.seen)
+        else:
+            best.push(np.asarray(chunk).reshape(-1), best.seen)
+        if best.seen > n:
+            break
+    if best.seen != n:
+        raise ValueError(f"the scorer returned {best.seen} scores for {n} candidates")
+    return best.result()
 
 
 def top_k_indices(scores: ScoreStream, k: int, n: int) -> np.ndarray:
-    """Indices of the ``k`` highest of ``n`` scores, best first (ties: lower index first; NaN ranks last).
-
-    Keeps a running top-k over the chunks, so memory is O(k + chunk). Raises ``ValueError`` when the chunks do
-    not hold exactly ``n`` scores.
-    """
-    k = max(0, min(k, n))
-    best_s = np.zeros(0)
-    best_i = np.zeros(0, dtype=np.int64)
-    seen = 0
-    for chunk in iter_chunks(scores):
-        s = np.concatenate([best_s, np.where(np.isnan(chunk), -np.inf, chunk)])
-        i = np.concatenate([best_i, np.arange(seen, seen + len(chunk), dtype=np.int64)])
-        seen += len(chunk)
-        keep = np.lexsort((i, -s))[:k]
-        best_s, best_i = s[keep], i[keep]
-    if seen != n:
-        raise ValueError(f"the scorer returned {seen} scores for {n} candidates")
-    return best_i
+    """Indices of the ``k`` highest of ``n`` scores, best first (see :func:`top_k`)."""
+    return top_k(scores, k, n)[0]
 
 
-def random_k(candidates: Sequence[ItemId], k: int, ctx: Context) -> list[ItemId]:
+def subset(available: Sequence[ItemId], positions: np.ndarray) -> Sequence[ItemId]:
+    """``available`` at ``positions``, still as :class:`~activelab.protocol.Candidates` when it was one."""
+    if isinstance(available, Candidates):
+        return available.take(positions)
+    return candidate_ids(available, positions)
+
+
+def random_k(candidates: Sequence[ItemId], k: int, ctx: Context) -> Picks:
     """``k`` candidates uniformly at random without repeats (``ctx.rng("initial")``): the uninformed first batch."""
     k = max(0, min(k, len(candidates)))
-    return [candidates[i] for i in ctx.rng("initial").choice(len(candidates), size=k, replace=False)]
+    positions = ctx.rng("initial").choice(len(candidates), size=k, replace=False)
+    return Picks(candidate_ids(candidates, positions), positions)
 
 
 class TopK:
@@ -56,15 +78,16 @@ class TopK:
     def __init__(self, config: BaseModel | None = None, env: object = None):
         self.config = config or self.Config()
 
-    def candidates(self, available: Sequence[ItemId], ctx: Context) -> list[ItemId]:
-        return list(available)
+    def candidates(self, available: Sequence[ItemId], ctx: Context) -> Sequence[ItemId]:
+        return available if isinstance(available, Candidates) else list(available)
 
-    def select(self, candidates: Sequence[ItemId], scores: ScoreStream | None, k: int, ctx: Context) -> list[ItemId]:
+    def select(self, candidates: Sequence[ItemId], scores: ScoreStream | None, k: int, ctx: Context) -> Picks:
         if scores is None:
             return random_k(candidates, k, ctx)
         if k <= 0 or len(candidates) == 0:
-            return []
-        return [candidates[i] for i in top_k_indices(scores, k, len(candidates))]
+            return Picks([], [], [])
+        positions, values = top_k(scores, k, len(candidates))
+        return Picks(candidate_ids(candidates, positions), positions, values)
 
 
 class Subsample(TopK):
@@ -75,11 +98,11 @@ class Subsample(TopK):
         model_config = ConfigDict(extra="forbid")
         size: int = Field(10000, ge=1, description="how many random available items to score each round")
 
-    def candidates(self, available: Sequence[ItemId], ctx: Context) -> list[ItemId]:
+    def candidates(self, available: Sequence[ItemId], ctx: Context) -> Sequence[ItemId]:
         if len(available) <= self.config.size:
-            return list(available)
+            return TopK.candidates(self, available, ctx)
         chosen = np.sort(ctx.rng("subsample").choice(len(available), size=self.config.size, replace=False))
-        return [available[i] for i in chosen]
+        return subset(available, chosen)
 
 
 class StreamThreshold:
@@ -101,37 +124,38 @@ class StreamThreshold:
     def __init__(self, config: Config, env: object = None):
         self.config = config
 
-    def candidates(self, available: Sequence[ItemId], ctx: Context) -> list[ItemId]:
-        return [available[i] for i in ctx.rng("stream").permutation(len(available))]
+    def candidates(self, available: Sequence[ItemId], ctx: Context) -> Sequence[ItemId]:
+        return subset(available, ctx.rng("stream").permutation(len(available)))
 
-    def select(self, candidates: Sequence[ItemId], scores: ScoreStream | None, k: int, ctx: Context) -> list[ItemId]:
+    def select(self, candidates: Sequence[ItemId], scores: ScoreStream | None, k: int, ctx: Context) -> Picks:
         limit = min(k, self.config.budget) if self.config.budget is not None else k
         limit = max(0, min(limit, len(candidates)))
         if scores is None:
-            return list(candidates[:limit])
-        chosen: list[ItemId] = []
+            return Picks(candidate_ids(candidates, range(limit)), np.arange(limit))
+        positions: list[int] = []
+        values: list[float] = []
         if limit == 0:
-            return chosen
+            return Picks([], [], [])
         chunks = iter_chunks(scores)
-        position = 0
+        seen = 0
         try:
             for chunk in chunks:
-                for s in chunk:
-                    if position >= len(candidates):
-                        raise ValueError(f"the scorer returned more scores than the {len(candidates)} candidates")
-                    if s > self.config.threshold:
-                        chosen.append(candidates[position])
-                        if len(chosen) == limit:
-                            return chosen
-                    position += 1
-            if position != len(candidates):
-                raise ValueError(f"the scorer returned {position} scores for {len(candidates)} candidates")
+                if seen + len(chunk) > len(candidates):
+                    raise ValueError(f"the scorer returned more scores than the {len(candidates)} candidates")
+                for i in np.flatnonzero(chunk > self.config.threshold)[: limit - len(positions)].tolist():
+                    positions.append(seen + i)
+                    values.append(float(chunk[i]))
+                seen += len(chunk)
+                if len(positions) == limit:
+                    return Picks(candidate_ids(candidates, positions), positions, values)
+            if seen != len(candidates):
+                raise ValueError(f"the scorer returned {seen} scores for {len(candidates)} candidates")
         finally:
             chunks.close()
             close = getattr(scores, "close", None)
             if close is not None:                   # stop the scorer's predictions too
                 close()
-        return chosen
+        return Picks(candidate_ids(candidates, positions), positions, values)
 
 
 def largest_remainder(shares: np.ndarray, k: int) -> np.ndarray:
@@ -163,8 +187,8 @@ class Proportional:
     def __init__(self, config: Config | None = None, env: object = None):
         self.config = config or self.Config()
 
-    def candidates(self, available: Sequence[ItemId], ctx: Context) -> list[ItemId]:
-        return list(available)
+    def candidates(self, available: Sequence[ItemId], ctx: Context) -> Sequence[ItemId]:
+        return available if isinstance(available, Candidates) else list(available)
 
     def shares(self, scores: np.ndarray) -> np.ndarray:
         n = len(scores)
@@ -176,12 +200,12 @@ class Proportional:
             raise UserError(f"selector.params.floor: {floor} per candidate is more than all samples for {n} candidates")
         return floor + (1.0 - n * floor) * base
 
-    def select(self, candidates: Sequence[ItemId], scores: ScoreStream | None, k: int, ctx: Context) -> list[ItemId]:
+    def select(self, candidates: Sequence[ItemId], scores: ScoreStream | None, k: int, ctx: Context) -> Picks:
         n = len(candidates)
         if n == 0 or k <= 0:
-            return []
+            return Picks([])
         values = np.zeros(n) if scores is None else collect_scores(scores)
         if len(values) != n:
             raise ValueError(f"the scorer returned {len(values)} scores for {n} candidates")
-        counts = largest_remainder(self.shares(values), k)
-        return [c for c, m in zip(candidates, counts) for _ in range(m)]
+        positions = np.repeat(np.arange(n), largest_remainder(self.shares(values), k))
+        return Picks(candidate_ids(candidates, positions), positions, None if scores is None else values[positions])

@@ -28,6 +28,8 @@ from activelab.protocol import (
     seed_for,
 )
 
+from .blocks import MeasureBlock
+
 _TINY = np.finfo(np.float64).tiny
 
 
@@ -118,6 +120,27 @@ def score_chunks(task: Task, candidates: Sequence[ItemId], want: Collection[str]
         raise ValueError(f"task.predict yielded {seen} items for {len(candidates)} candidates")
 
 
+def measure_blocks(task: Task, candidates: Sequence[ItemId], kind: str, mc: MC | None = None) -> Iterator[MeasureBlock]:
+    """Walk ``candidates`` through ``task.predict`` for ``probs`` and yield each batch as a
+    :class:`~.blocks.MeasureBlock` of the measure ``kind``: its scores are computed by whoever reads it
+    (``np.asarray``), or fused with a top-k selector's pass (which joins batches into 64k blocks first). Lazy, and
+    checks the item count like :func:`score_chunks`."""
+    if len(candidates) == 0:
+        return
+    axis = 0 if mc is None else 1
+    seen = 0
+    for out in task.predict(candidates, {PROBS}, mc=mc):
+        probs = out[PROBS]
+        if not hasattr(probs, "device"):      # numpy, or a list; a torch tensor stays where it is (see MeasureBlock)
+            probs = np.asarray(probs)
+        seen += probs.shape[axis]
+        if seen > len(candidates):
+            raise ValueError(f"task.predict yielded more than the {len(candidates)} items it was asked for")
+        yield MeasureBlock(kind, probs)
+    if seen != len(candidates):
+        raise ValueError(f"task.predict yielded {seen} items for {len(candidates)} candidates")
+
+
 class _NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -137,34 +160,40 @@ class RandomScorer:
 
 
 class _ProbsScorer:
-    """A measure of ``probs`` alone, computed chunk by chunk."""
+    """A measure of ``probs`` alone, in blocks of 64k items whose scores the selector computes (fused with its
+    top-k where it keeps one; see :mod:`.blocks`). The float64 functions above are the reference the fused
+    kernels are tested against."""
 
     Config = _NoParams
     needs: Collection[str] = frozenset({PROBS})
+    kind: str
     measure: Callable[[np.ndarray], np.ndarray]
 
     def __init__(self, config: BaseModel | None = None, env: Env | None = None):
         self.config = config or self.Config()
 
-    def score(self, task: Task, candidates: Sequence[ItemId], ctx: Context) -> Iterator[np.ndarray]:
-        return score_chunks(task, candidates, {PROBS}, lambda out: self.measure(out[PROBS]))
+    def score(self, task: Task, candidates: Sequence[ItemId], ctx: Context) -> Iterator[MeasureBlock]:
+        return measure_blocks(task, candidates, self.kind)
 
 
 class LeastConfidence(_ProbsScorer):
     """``1 - max_y p(y|x)``."""
 
+    kind = "least_confidence"
     measure = staticmethod(least_confidence)
 
 
 class Margin(_ProbsScorer):
     """``-(p(y1|x) - p(y2|x))``: smallest margin between the two most likely classes first."""
 
+    kind = "margin"
     measure = staticmethod(margin)
 
 
 class Entropy(_ProbsScorer):
     """``-sum_y p log p``."""
 
+    kind = "entropy"
     measure = staticmethod(entropy)
 
 
@@ -181,10 +210,10 @@ class BALD:
     def __init__(self, config: Config | None = None, env: Env | None = None):
         self.config = config or self.Config()
 
-    def score(self, task: Task, candidates: Sequence[ItemId], ctx: Context) -> Iterator[np.ndarray]:
+    def score(self, task: Task, candidates: Sequence[ItemId], ctx: Context) -> Iterator[MeasureBlock]:
         seed = seed_for(ctx.seed, ctx.round, "bald", below=MC_SEED_BOUND)
         mc = MC(samples=self.config.samples, mode="dropout", seed=seed)
-        return score_chunks(task, candidates, {PROBS}, lambda out: bald(out[PROBS]), mc=mc)
+        return measure_blocks(task, candidates, "bald", mc=mc)
 
 
 class QueryByCommittee:

@@ -35,11 +35,13 @@ from activelab.protocol import (
     MC,
     MC_DROPOUT,
     PROBS,
+    Candidates,
     Context,
     Env,
     ItemId,
     Label,
     Oracle,
+    Picks,
     Quit,
     Scorer,
     Selector,
@@ -129,10 +131,20 @@ class ScorerConformance(_Covers):
     def make_task(self) -> Task:
         return fitted_toy_task(self.n_labels)
 
-    def setting(self, task: Task) -> tuple[list[ItemId], Context]:
+    def setting(self, task: Task) -> tuple[Candidates, Context]:
+        """The first ``n_candidates`` unlabelled items, as the loop gives them: positions into ``pool_ids``."""
         ids = list(task.pool_ids())
         labels = true_labels(task, ids[: self.n_labels])
-        return [i for i in ids if i not in labels][: self.n_candidates], make_context(labels, round=1, seed=7)
+        rows = [r for r, i in enumerate(ids) if i not in labels][: self.n_candidates]
+        return Candidates(ids, rows), make_context(labels, round=1, seed=7)
+
+    def test_positions_and_ids_score_alike(self):
+        """The same candidates as positions (what the loop passes) and as a plain list of ids score the same."""
+        task = self.make_task()
+        candidates, ctx = self.setting(task)
+        as_rows = collect_scores(self.make_scorer().score(task, candidates, ctx))
+        as_ids = collect_scores(self.make_scorer().score(task, list(candidates), ctx))
+        np.testing.assert_allclose(as_rows, as_ids, rtol=1e-9, atol=0)
 
     def test_is_a_scorer_with_a_strict_config(self):
         scorer = self.make_scorer()
@@ -193,10 +205,10 @@ class SelectorConformance(_Covers):
         for start in range(0, len(values), 7):
             yield values[start:start + 7]
 
-    def setting(self) -> tuple[list[ItemId], Context]:
+    def setting(self) -> tuple[Candidates, Context]:
         ids = [f"item{i}" for i in range(self.n_items)]
         labels = {i: 0 for i in ids[: self.n_labels]}
-        return [i for i in ids if i not in labels], make_context(labels, round=2, seed=3, budget=self.k)
+        return Candidates(ids, range(self.n_labels, self.n_items)), make_context(labels, round=2, seed=3, budget=self.k)
 
     def choose(self, k: int | None = None, informed: bool = True) -> tuple[list[ItemId], list[ItemId], Context]:
         available, ctx = self.setting()
@@ -205,8 +217,12 @@ class SelectorConformance(_Covers):
         scores = self.scores(candidates, ctx) if informed else None
         return candidates, selector.select(candidates, scores, self.k if k is None else k, ctx), ctx
 
-    def check(self, candidates: list[ItemId], chosen: list[ItemId], ctx: Context, k: int) -> None:
+    def check(self, candidates: Sequence[ItemId], chosen: list[ItemId], ctx: Context, k: int) -> None:
         repeats = self.make_selector().allows_repeats
+        if isinstance(chosen, Picks) and chosen.positions is not None:   # positions and scores agree with the ids
+            assert [candidates[int(p)] for p in chosen.positions] == list(chosen), "Picks.positions != the ids"
+            if chosen.scores is not None:
+                assert len(chosen.scores) == len(chosen), "Picks.scores: one score per pick"
         assert set(chosen) <= set(candidates), "selected a non-candidate"
         assert not set(chosen) & set(ctx.labels), "selected a labelled item"
         assert len(chosen) <= k

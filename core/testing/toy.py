@@ -137,7 +137,7 @@ class ToyTask:
     # ------------------------------------------------------------------ inference
     def predict(self, ids: Sequence[ItemId], want: Collection[str],
                 mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
-        rows = [self.items.position(i) for i in ids]
+        rows = self.items.positions(ids)     # no lookup when the ids travel as positions (Candidates)
         if mc is not None and mc.mode == "bootstrap" and mc.samples > len(self.members):
             raise ValueError(f"MC(mode='bootstrap', samples={mc.samples}) but fit_bootstrap made "
                              f"{len(self.members)} members")

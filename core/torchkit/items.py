@@ -1,11 +1,11 @@
 """Where an item id sits in a task's arrays: the lookup every pool-based task needs, with one clear error."""
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from activelab.protocol import ItemId
+from activelab.protocol import Candidates, ItemId
 
 
 class ItemIndex:
@@ -18,6 +18,7 @@ class ItemIndex:
     def __init__(self, ids: Iterable[ItemId]):
         self.ids: list[ItemId] = list(ids)
         self._position = {item: i for i, item in enumerate(self.ids)}
+        self._same_order: Any = None   # the last universe found equal to ``ids`` (see ``positions``)
         if len(self._position) != len(self.ids):
             seen: set[ItemId] = set()
             twice = next(i for i in self.ids if i in seen or seen.add(i))
@@ -44,11 +45,38 @@ class ItemIndex:
             raise KeyError(self._unknown(item_id)) from None
 
     def positions(self, ids: Sequence[ItemId]) -> np.ndarray:
-        """The positions of ``ids`` (int64, in their order); ``KeyError`` for the first one not in the pool."""
+        """The positions of ``ids`` (int64, in their order); ``KeyError`` for the first one not in the pool.
+
+        For :class:`~activelab.protocol.Candidates` over a universe in this index's order (the pool the loop built
+        from this task's ``pool_ids``) the candidates' rows are the positions: no lookup at all. The universe is
+        compared with the index once (the first time it is seen), not on every call."""
+        if isinstance(ids, Candidates) and self._same(ids.universe):
+            return ids.rows
         return np.fromiter((self.position(i) for i in ids), dtype=np.int64, count=len(ids))
+
+    def _same(self, universe: Sequence[ItemId]) -> bool:
+        if universe is self._same_order:
+            return True
+        if len(universe) == len(self.ids) and list(universe) == self.ids:
+            self._same_order = universe
+            return True
+        return False
 
     def check(self, item_id: ItemId) -> int:
         """The position of ``item_id``; ``ValueError`` when it is not in the pool (for ``check_label``)."""
         if item_id not in self:
             raise ValueError(self._unknown(item_id))
         return self._position[item_id]
+
+
+def row_blocks(rows: np.ndarray, size: int) -> Iterator[slice | np.ndarray]:
+    """``rows`` in consecutive blocks of at most ``size``, each as a ``slice`` where its rows are consecutive
+    (indexing an array with it is a view, not a copy) and as the index array otherwise."""
+    rows = np.asarray(rows, dtype=np.int64)
+    for start in range(0, len(rows), size):
+        block = rows[start:start + size]
+        if len(block) and block[-1] - block[0] == len(block) - 1 and \
+                (len(block) == 1 or bool(np.all(block[1:] - block[:-1] == 1))):
+            yield slice(int(block[0]), int(block[-1]) + 1)
+        else:
+            yield block

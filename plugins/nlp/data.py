@@ -29,18 +29,17 @@ seeded sample.
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field
 
 from activelab.errors import UserError
 from activelab.protocol import rng_for
+from activelab.recipe import DataPath
 from activelab.text import control_character
 from activelab.torchkit.hf import load_from_disk, require_columns
 
@@ -61,12 +60,12 @@ class DataConfig(BaseModel):
     max_digits: int = Field(6, ge=1, le=12, description="numbers: longest number, in digits")
     data_seed: int = 0
     # files
-    path: Path | None = None              # tsv file, hf_disk folder, ding file (default /usr/share/trans/de-en)
-    test_path: Path | None = None         # tsv: a separate test file
-    source_path: Path | None = None       # text
-    target_path: Path | None = None       # text
-    test_source_path: Path | None = None  # text: a separate test split
-    test_target_path: Path | None = None
+    path: DataPath | None = None              # tsv file, hf_disk folder, ding file (default /usr/share/trans/de-en)
+    test_path: DataPath | None = None         # tsv: a separate test file
+    source_path: DataPath | None = None       # text
+    target_path: DataPath | None = None       # text
+    test_source_path: DataPath | None = None  # text: a separate test split
+    test_target_path: DataPath | None = None
     source_column: str | None = None      # hf_disk without a translation column
     target_column: str | None = None
     split: str | None = None              # hf_disk: the pool split of a DatasetDict (default: train)
@@ -76,21 +75,6 @@ class DataConfig(BaseModel):
     max_words: int | None = Field(None, ge=1, description="drop pairs whose source or target has more words")
     max_pool: int | None = Field(None, ge=2)
     max_test: int | None = Field(None, ge=1)
-
-    @field_validator("path", "test_path", "source_path", "target_path", "test_source_path", "test_target_path",
-                     mode="before")
-    @classmethod
-    def _a_path(cls, value: object) -> object:
-        """A filesystem path, ``~`` expanded; an empty string is refused (``Path("")`` would be the working folder)."""
-        if isinstance(value, str) and not value.strip():
-            raise PydanticCustomError("empty_path", "must not be empty (leave it out instead)")
-        if not isinstance(value, (str, os.PathLike)):
-            return value
-        try:
-            return Path(value).expanduser()
-        except RuntimeError:                # "~name/..." of an unknown user: Path.expanduser raises
-            raise PydanticCustomError("home_folder", "cannot expand ~ in {path}: no such user or no home folder",
-                                      {"path": str(value)}) from None
 
 
 @dataclass

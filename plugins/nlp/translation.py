@@ -305,7 +305,7 @@ class TranslationTask:
                 raise ValueError(f"the translation task offers MC modes dropout and batchwise, not {mc.mode!r}")
             if mc.samples < 1:
                 raise ValueError(f"MC needs samples >= 1, got {mc.samples}")
-        positions = [self.items.position(i) for i in ids]
+        positions = self.items.positions(ids).tolist()   # no lookup when ids travel as positions (Candidates)
         return self._predict(positions, set(want), mc)
 
     def _predict(self, positions: list[int], want: set[str], mc: MC | None) -> Iterator[dict[str, np.ndarray]]:

@@ -67,6 +67,7 @@ from pydantic_core import PydanticCustomError
 
 from activelab.errors import ProblemsError, UserError
 from activelab.protocol import rng_for
+from activelab.recipe import DataPath
 from activelab.text import control_character
 from activelab.torchkit.hf import load_from_disk, require_columns
 
@@ -111,8 +112,8 @@ class SpeechDataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["manifest", "hf_disk", "audiofolder", "pocketsphinx"] = "manifest"
-    path: Path | None = None          # manifest file, saved HF dataset folder, audiofolder, pocketsphinx data folder
-    test_path: Path | None = None     # a held-out set of the same kind; None = split off test_fraction
+    path: DataPath | None = None      # manifest file, saved HF dataset folder, audiofolder, pocketsphinx data folder
+    test_path: DataPath | None = None  # a held-out set of the same kind; None = split off test_fraction
     split: str | None = None          # hf_disk: the pool split of a DatasetDict (default "train")
     test_fraction: float = Field(0.2, gt=0, lt=1)
     split_by_speaker: bool = False    # hold out whole speakers
@@ -124,20 +125,6 @@ class SpeechDataConfig(BaseModel):
     text_column: str = "text"         # hf_disk
     # kind manifest: when path (a train.jsonl) is missing, make the spoken-commands set in its folder first
     generate: GenerateConfig | None = None
-
-    @field_validator("path", "test_path", mode="before")
-    @classmethod
-    def _a_path(cls, value: object) -> object:
-        """A filesystem path, ``~`` expanded; an empty string is refused (``Path("")`` would be the working folder)."""
-        if isinstance(value, str) and not value.strip():
-            raise PydanticCustomError("empty_path", "must not be empty (leave it out instead)")
-        if not isinstance(value, (str, os.PathLike)):
-            return value
-        try:
-            return Path(value).expanduser()
-        except RuntimeError:                # "~name/..." of an unknown user: Path.expanduser raises
-            raise PydanticCustomError("home_folder", "cannot expand ~ in {path}: no such user or no home folder",
-                                      {"path": str(value)}) from None
 
     @field_validator("generate")
     @classmethod

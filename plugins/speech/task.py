@@ -266,7 +266,7 @@ class RecognitionTask:
                 mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
         if mc is not None:
             raise ValueError("the speech task has no Monte-Carlo predictions (mc must be None)")
-        utts = [self._utterance(i) for i in ids]
+        utts = [self.pool[p] for p in self.items.positions(ids).tolist()]   # no lookup for Candidates
         return self._predict(utts, set(want))
 
     def _predict(self, utts: Sequence[Utterance], want: set[str]) -> Iterator[dict[str, np.ndarray]]:

@@ -36,10 +36,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from activelab.errors import UserError
 from activelab.protocol import rng_for
+from activelab.recipe import DataPath
 from activelab.torchkit.hf import load_from_disk, require_columns
 
 from . import images as image_io
-from .paths import DataPath
 
 FIELD = "task.params.data"      # where these settings live in a recipe; user errors name it
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}

@@ -54,11 +54,11 @@ from tqdm.auto import tqdm
 
 from activelab.errors import UserError
 from activelab.protocol import MC, TORCH_SEED_BOUND, Context, Env, ItemId, rng_for, seed_for
+from activelab.recipe import DataPath
 from activelab.torchkit import build_optimizer, check, checkpoint, restore, seeded, snapshot
 
 from .corruptions import LEVELS, corrupt
 from .images import read_image, to_array
-from .paths import DataPath
 
 FIELD = "task.params.data"
 LEVEL_PSNR = "level_psnr"       # predict(): PSNR of each level (generator) on the validation split

@@ -1,15 +1,26 @@
 """The kernel stays small and stands alone: the top-level modules of core/ (``activelab.*``, not its subpackages)
 import no strategy, no labelling tool, no test kit, no torch plumbing and no plugin; they stay under 2,000 lines
 of code; every package of the tree is listed in pyproject.toml; and a run's checkpoints pickle no activelab class
-(so moving a module never breaks resuming an old run)."""
+(so moving a module never breaks resuming an old run).
+
+The size budget counts lines of code the way cloc does: a line that is blank, a comment or part of a docstring
+does not count (``wc -l`` counts every physical line, several hundred more). The budget is there to keep the
+logic one person must hold in mind small; documentation explains that logic, and counting it would make deleting
+explanations the cheapest way back under the limit. Both numbers are printed when the test fails.
+"""
 from __future__ import annotations
 
 import ast
+import pkgutil
 import zipfile
 from pathlib import Path
 
-import tomllib
 import yaml
+
+try:
+    import tomllib
+except ModuleNotFoundError:       # Python 3.10: the same parser as the tomli package (the dev extra installs it)
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 CORE = ROOT / "core"
@@ -47,23 +58,38 @@ def test_the_import_check_sees_function_level_and_relative_imports(tmp_path):
     assert {"activelab.labelling", "activelab.strategies.selectors", "activelab.plugins.vision"} <= set(names)
 
 
-def code_lines(path: Path) -> int:
-    """Lines of code: not blank, not a comment, not a docstring (documentation never counts against the budget)."""
-    source = path.read_text()
+def code_lines(source: str) -> int:
+    """Lines of code in ``source``: not blank, not a comment, not a docstring (a string standing alone as a
+    statement: of a module, class or function, or the one documenting an attribute after its assignment)."""
     docs: set[int] = set()
     for node in ast.walk(ast.parse(source)):
-        body = getattr(node, "body", None)
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body and \
-                isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and \
-                isinstance(body[0].value.value, str):
-            docs.update(range(body[0].lineno, body[0].end_lineno + 1))
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            docs.update(range(node.lineno, node.end_lineno + 1))
     return sum(1 for n, line in enumerate(source.splitlines(), 1)
                if line.strip() and not line.strip().startswith("#") and n not in docs)
 
 
+def test_code_lines_leave_out_blank_lines_comments_and_docstrings():
+    source = ('"""Module\ndocstring."""\nimport os\n\n# a comment\nX = 1   # counts\n"""X\'s docstring."""\n\n\n'
+              'def f():\n    """Doc."""\n    s = """a string\n    that is code"""\n    return s\n')
+    assert code_lines(source) == 6          # import, X = 1, def, the two lines of s = ..., return
+
+
+def test_the_kernel_is_the_top_level_modules_of_core():
+    """What the budget and the import check read is exactly the package's own modules, not its subpackages."""
+    import activelab
+
+    modules = {m.name for m in pkgutil.iter_modules(activelab.__path__) if not m.ispkg}
+    assert {path.stem for path in KERNEL} == modules | {"__init__"}
+    assert all(path.parent == CORE for path in KERNEL)
+
+
 def test_the_kernel_is_under_2000_lines_of_code():
-    sizes = {path.name: code_lines(path) for path in KERNEL}
-    assert sum(sizes.values()) < 2000, f"the kernel has {sum(sizes.values())} lines of code: {sizes}"
+    sources = {path.name: path.read_text() for path in KERNEL}
+    sizes = {name: code_lines(source) for name, source in sources.items()}
+    code, physical = sum(sizes.values()), sum(len(source.splitlines()) for source in sources.values())
+    assert code < 2000, (f"the kernel (core/*.py) has {code} lines of code, over the budget of 2,000 "
+                         f"({physical} physical lines; blank lines, comments and docstrings do not count): {sizes}")
 
 
 def test_every_package_is_listed_in_pyproject():

@@ -41,9 +41,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from activelab.errors import ProblemsError, UserError
+from activelab.recipe import DataPath
 
 from ..images import ImageDepthError, check_image_file, read_image
-from ..paths import DataPath
 from . import synth
 
 FIELD = "task.params.data"      # where these settings live in a recipe; user errors name it

@@ -58,9 +58,9 @@ from tqdm.auto import tqdm
 
 from activelab.errors import UserError
 from activelab.protocol import MC, Context, Env, ItemId, seed_for
+from activelab.recipe import DataPath
 from activelab.torchkit import ItemIndex, build_optimizer, check, checkpoint, restore, seeded
 
-from ..paths import DataPath
 from . import miaod
 from .adapter import TorchvisionAdapter
 from .data import DetectionData, DetectionDataConfig, DetectionImage, fingerprint, load_detection_data, load_image
@@ -408,7 +408,7 @@ class DetectionTask:
         unknown = want - OUTPUTS
         if unknown:
             raise ValueError(f"unknown outputs {sorted(unknown)}; available: {', '.join(sorted(OUTPUTS))}")
-        images = [self.pool[self.items.position(i)] for i in ids]
+        images = [self.pool[p] for p in self.items.positions(ids).tolist()]   # no lookup for Candidates
         return self._predict(images, want)
 
     def _predict(self, images: list[DetectionImage], want: set[str]) -> Iterator[dict[str, np.ndarray]]:

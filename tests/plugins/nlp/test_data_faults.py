@@ -106,7 +106,7 @@ def test_path_fields_are_paths_and_an_empty_one_is_refused(tmp_path):
     assert all(isinstance(getattr(cfg, f), Path) for f in ("source_path", "target_path"))
     assert load_data(cfg.model_copy(update={"test_source_path": None})).pool.sources[0] == PAIRS[0][0]
     for field in ("path", "test_path", "source_path", "target_path", "test_source_path", "test_target_path"):
-        with pytest.raises(ValidationError, match="must not be empty"):    # Path("") would be the working folder
+        with pytest.raises(ValidationError, match="must be a path, not an empty string"):  # Path("") is the cwd
             DataConfig(kind="hf_disk", **{field: ""})
 
 

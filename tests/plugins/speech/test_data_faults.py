@@ -283,7 +283,7 @@ def test_path_fields_are_paths_and_an_empty_one_is_refused(tmp_path):
     assert cfg.path == Path.home() / "a" / "train.jsonl" and cfg.test_path == tmp_path / "t.jsonl"
     assert cfg.model_dump(mode="json")["test_path"] == str(tmp_path / "t.jsonl")
     for empty in ("", "  "):
-        with pytest.raises(ValidationError, match="must not be empty"):   # Path("") would be the working folder
+        with pytest.raises(ValidationError, match="must be a path, not an empty string"):  # Path("") is the cwd
             SpeechDataConfig(kind="audiofolder", path=empty)
 
 

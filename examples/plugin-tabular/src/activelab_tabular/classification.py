@@ -26,6 +26,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from activelab.errors import UserError
 from activelab.protocol import BOOTSTRAP, EMBEDDINGS, MC, MC_DROPOUT, PROBS, Context, Env, ItemId, rng_for, seed_for
+from activelab.torchkit import ItemIndex
 
 from .data import CLASSIFICATION, fingerprint, load_table
 from .model import MLP, ModelConfig, check_mc, committee_chunks, new_model, train
@@ -57,7 +58,7 @@ class TabularClassification:
         self.device = torch.device(env.device)
         self.table = load_table(config.dataset, config.test_fraction, config.split_seed)
         self.classes = self.table.class_names
-        self._row = {item: i for i, item in enumerate(self.table.ids)}
+        self.items = ItemIndex(self.table.ids)   # id -> row, and no lookup at all for Candidates
         self.x = torch.as_tensor(self.table.x, device=self.device)
         self.test_x = torch.as_tensor(self.table.test_x, device=self.device)
         self.model = self._new_model(seed_for(env.seed, "tabular-init"))   # untrained until the first fit
@@ -67,10 +68,7 @@ class TabularClassification:
         return new_model(self.x.shape[1], len(self.classes), self.config, seed, self.device)
 
     def _position(self, item_id: ItemId) -> int:
-        try:
-            return self._row[item_id]
-        except KeyError:
-            raise KeyError(f"unknown item {item_id!r} (not in the {self.table.name} pool)") from None
+        return self.items.position(item_id)
 
     def _labelled(self, labels: Mapping[ItemId, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and class indices of the labelled rows, in sorted id order (so the order in which the labels
@@ -109,7 +107,7 @@ class TabularClassification:
     def predict(self, ids: Sequence[ItemId], want: Collection[str],
                 mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
         check_mc(mc, len(self.members))  # here, not inside the generator, so a bad request fails at the call
-        rows = self.x[[self._position(i) for i in ids]]
+        rows = self.x[torch.as_tensor(self.items.positions(ids), device=self.device)]
         return self._predict(rows, set(want), mc)
 
     def _predict(self, rows: torch.Tensor, want: set[str], mc: MC | None) -> Iterator[dict[str, np.ndarray]]:
@@ -140,7 +138,7 @@ class TabularClassification:
     def check_label(self, item_id: ItemId, value: Any) -> int:
         """The canonical label is a class index; a class name (``"class_1"``, ``"benign"``) is accepted too, as a
         person or a CSV file may give one. Anything else is a ``ValueError`` naming what is accepted."""
-        if item_id not in self._row:
+        if item_id not in self.items:
             raise ValueError(f"unknown item {item_id!r} (not in the {self.table.name} pool)")
         return self._class_index(value)
 

@@ -24,6 +24,7 @@ from pydantic import Field
 
 from activelab.errors import UserError
 from activelab.protocol import BOOTSTRAP, EMBEDDINGS, MC, MC_DROPOUT, Context, Env, ItemId, rng_for, seed_for
+from activelab.torchkit import ItemIndex
 
 from .data import REGRESSION, fingerprint, load_table
 from .model import MLP, ModelConfig, check_mc, committee_chunks, new_model, train
@@ -57,7 +58,7 @@ class TabularRegression:
         self.env = env
         self.device = torch.device(env.device)
         self.table = load_table(config.dataset, config.test_fraction, config.split_seed)
-        self._row = {item: i for i, item in enumerate(self.table.ids)}
+        self.items = ItemIndex(self.table.ids)   # id -> row, and no lookup at all for Candidates
         self.x = torch.as_tensor(self.table.x, device=self.device)
         self.test_x = torch.as_tensor(self.table.test_x, device=self.device)
         self.model = self._new_model(seed_for(env.seed, "tabular-init"))   # untrained until the first fit
@@ -67,10 +68,7 @@ class TabularRegression:
         return new_model(self.x.shape[1], 1, self.config, seed, self.device)
 
     def _position(self, item_id: ItemId) -> int:
-        try:
-            return self._row[item_id]
-        except KeyError:
-            raise KeyError(f"unknown item {item_id!r} (not in the {self.table.name} pool)") from None
+        return self.items.position(item_id)
 
     def _labelled(self, labels: Mapping[ItemId, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and targets of the labelled rows, in sorted id order."""
@@ -116,7 +114,7 @@ class TabularRegression:
     def predict(self, ids: Sequence[ItemId], want: Collection[str],
                 mc: MC | None = None) -> Iterator[dict[str, np.ndarray]]:
         check_mc(mc, len(self.members))
-        rows = self.x[[self._position(i) for i in ids]]
+        rows = self.x[torch.as_tensor(self.items.positions(ids), device=self.device)]
         return self._predict(rows, set(want), mc)
 
     def _predict(self, rows: torch.Tensor, want: set[str], mc: MC | None) -> Iterator[dict[str, np.ndarray]]:
@@ -146,7 +144,7 @@ class TabularRegression:
 
     def check_label(self, item_id: ItemId, value: Any) -> float:
         """Any finite number (a numeric string too: what a person types, what a CSV cell holds) -> float."""
-        if item_id not in self._row:
+        if item_id not in self.items:
             raise ValueError(f"unknown item {item_id!r} (not in the {self.table.name} pool)")
         number = None
         if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
