@@ -154,8 +154,8 @@ class KCenterGreedy:
     become scores (top-k of the scores = the greedy picks, in order). Memory: the embeddings of the candidates
     and labelled items plus a 16-bit copy of the candidates'; time: an exact nearest-labelled pass, then k greedy
     steps that skip every group of points a pick provably cannot move (so well under N D per step on clustered
-    features, N D on structureless ones; see :mod:`.kcenter`). With nothing labelled the traversal starts from the candidate
-    nearest the mean embedding. The result depends on ``ctx.budget``: with a stream selector or a budget other
+    features, N D on structureless ones; see :mod:`.kcenter`). With nothing labelled the traversal starts from the
+    candidate nearest the mean embedding. The result depends on ``ctx.budget``: with a stream selector or a budget other
     than the loop's, only the greedy prefix is meaningful.
     """
 

@@ -64,7 +64,7 @@ def test_a_point_far_outside_the_data_is_asked_first(members):
     labels = {i: task.true_label(i) for i in ids[:30]}
     candidates = ids[30:130]
     planted = candidates[57]
-    task.x[task._row[planted]] = 6.0                       # six standard deviations out in every feature
+    task.x[task.items.position(planted)] = 6.0                      # six standard deviations out in every feature
     scorer = CommitteeVariance(CommitteeVariance.Config(members=members, size=5 if members == "bootstrap" else 20))
     values = scores(scorer, task, candidates, labels)
     assert values.shape == (len(candidates),) and np.all(values >= 0)
