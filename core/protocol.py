@@ -231,7 +231,11 @@ class Picks(list):
 
 def candidate_ids(candidates: Sequence[ItemId], positions: Any) -> list[ItemId]:
     """The ids at ``positions`` of ``candidates`` (only those are turned back into ids)."""
-    return [candidates[int(i)] for i in np.asarray(positions, dtype=np.int64).tolist()]
+    positions = np.asarray(positions, dtype=np.int64)
+    if isinstance(candidates, Candidates):
+        universe = candidates.universe
+        return [universe[r] for r in candidates.rows[positions].tolist()]
+    return [candidates[i] for i in positions.tolist()]
 
 
 # ------------------------------------------------------------------------------------------- protocols

@@ -29,3 +29,22 @@ def test_mkdocs_build_strict(tmp_path):
     assert "activelab:recipe-reference" not in reference          # the marker was replaced ...
     for name in ("classification", "curriculum_nll", "predicted_loss", "proportional", "terminal"):
         assert f"<code>{name}</code>" in reference or f"/ {name}" in reference   # ... by every component
+    benchmarks = (tmp_path / "site" / "benchmarks" / "index.html").read_text(encoding="utf-8")
+    assert "activelab:results" not in benchmarks                    # results files are included, not hand-copied
+    for name in ("query_speed", "round_scoring"):
+        table = (ROOT / "benchmarks" / "results" / f"{name}.md").read_text().splitlines()
+        row = next(line for line in table if line.startswith("| ") and "---" not in line and "version" not in line
+                   and "workload" not in line)
+        assert row.split("|")[2].strip() in benchmarks              # a cell of a data row reached the page
+
+
+def test_results_hook_includes_only_result_files_and_warns_on_a_missing_one(caplog):
+    sys.path.insert(0, str(ROOT / "docs" / "hooks"))
+    try:
+        import results
+    finally:
+        sys.path.pop(0)
+    assert "| workload |" in results.include("benchmarks/results/query_speed.md", "p.md")
+    assert "missing" in results.include("benchmarks/results/nope.md", "p.md")
+    assert "missing" in results.include("README.md", "p.md")
+    assert [r.levelname for r in caplog.records].count("WARNING") == 2
