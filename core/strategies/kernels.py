@@ -45,9 +45,9 @@ bald) are computed exactly.
   estimate plus ``eps`` reaches ``thr``, in the same order as for entropy: in practice about ``k`` items per block
   and a thin band.
 
-Tie order: higher score first; equal scores: lower position first; NaN ranks last, below -inf (unlike
-``selectors.top_k_indices``, which ranks NaN as -inf): the ``k`` lowest NaN positions are kept in a side heap and
-returned, after every non-NaN score, only when fewer than ``k`` non-NaN scores were pushed. The heaps compare
+Tie order: higher score first; equal scores: lower position first; NaN ranks last, below -inf (the
+selectors' top-k is this accumulator, so they rank NaN so too): the ``k`` lowest NaN positions are kept in a side
+heap and returned, after every non-NaN score, only when fewer than ``k`` non-NaN scores were pushed. The heaps compare
 (score, position) pairs, so the result does not depend on the order in which the pairs arrive.
 
 Memory: the accumulator holds O(k) (a heap of ``k`` pairs and one of ``k`` NaN positions). A fused push allocates
