@@ -159,12 +159,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_schema(args: argparse.Namespace) -> int:
-    from .schema import command
-
-    return command(args.out, args.plugins)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="activelab", description="Active learning for vision, language and speech.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -204,10 +198,6 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_cmd_status)
 
-    sc = sub.add_parser("schema", help="print a JSON Schema for recipe files (editors validate and complete with it)")
-    sc.add_argument("--out", help="write it to this file instead of stdout")
-    sc.add_argument("--plugins", help="comma-separated plugins to cover (default: every installed plugin)")
-    sc.set_defaults(func=_cmd_schema)
     _plugin_verbs(sub)
     return p
 

@@ -19,12 +19,19 @@ MANIFEST = Manifest(
             "egl": "activelab.strategies.uncertainty:ExpectedGradientLength",
             "density": "activelab.strategies.diversity:InformationDensity",
             "kcenter": "activelab.strategies.diversity:KCenterGreedy",
+            # batch-aware and low-budget strategies (issue 16)
+            "typiclust": "activelab.strategies.coldstart:TypiClust",
+            "probcover": "activelab.strategies.coldstart:ProbCover",
+            "badge": "activelab.strategies.batch:BADGE",
+            "cluster_margin": "activelab.strategies.batch:ClusterMargin",
+            "batchbald": "activelab.strategies.batchbald:BatchBALD",
         },
         "selector": {
             "topk": "activelab.strategies.selectors:TopK",
             "stream": "activelab.strategies.selectors:StreamThreshold",
             "subsample": "activelab.strategies.selectors:Subsample",
             "proportional": "activelab.strategies.selectors:Proportional",
+            "stochastic": "activelab.strategies.stochastic:StochasticBatch",
         },
         "oracle": {
             "simulated": "activelab.strategies.simulated:SimulatedOracle",
@@ -35,5 +42,6 @@ MANIFEST = Manifest(
     commands={
         "export": "activelab.labelling.commands:EXPORT",
         "import": "activelab.labelling.commands:IMPORT",
+        "schema": "activelab.schema:SCHEMA",
     },
 )

@@ -35,6 +35,8 @@ ItemId = str
 #: a scorer lists the ones it needs in ``Scorer.needs``. Plugins may add their own names.
 PROBS = "probs"              # (B, C) class probabilities; (T, B, C) when an MC spec is given
 EMBEDDINGS = "embeddings"    # (B, D) penultimate-layer features
+FEATURES = "features"        # (B, D) a label-free representation (self-supervised, PCA): the same every round,
+                             # available before any model is trained (cold start)
 MC_DROPOUT = "mc_dropout"    # capability: predict(..., mc=MC(mode="dropout" | "batchwise"))
 BOOTSTRAP = "bootstrap"      # capability: fit_bootstrap() + predict(..., mc=MC(mode="bootstrap"))
 

@@ -19,15 +19,16 @@ from .uncertainty import UNCERTAINTY
 _FLOOR = {"margin": -1.0}
 
 
-def embed(task: Task, ids: Sequence[ItemId]) -> np.ndarray:
-    """``(len(ids), D)`` float32 embeddings of ``ids``, gathered chunk by chunk."""
+def embed(task: Task, ids: Sequence[ItemId], name: str = EMBEDDINGS) -> np.ndarray:
+    """``(len(ids), D)`` float32 rows of the task's output ``name`` (``EMBEDDINGS``, ``FEATURES``, ...) for
+    ``ids``, gathered chunk by chunk."""
     parts = []
-    for out in task.predict(ids, {EMBEDDINGS}) if len(ids) else ():
-        e = np.asarray(out[EMBEDDINGS], dtype=np.float32)
+    for out in task.predict(ids, {name}) if len(ids) else ():
+        e = np.asarray(out[name], dtype=np.float32)
         parts.append(e.reshape(len(e), -1))
     points = np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
     if len(points) != len(ids):
-        raise ValueError(f"task.predict yielded {len(points)} embeddings for {len(ids)} items")
+        raise ValueError(f"task.predict yielded {len(points)} rows of {name!r} for {len(ids)} items")
     return points
 
 

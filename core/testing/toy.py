@@ -13,6 +13,7 @@ from torch import nn
 from activelab.protocol import (
     BOOTSTRAP,
     EMBEDDINGS,
+    FEATURES,
     MC,
     MC_DROPOUT,
     PROBS,
@@ -64,7 +65,7 @@ class ToyTask:
         chunk_size: int = Field(64, ge=1, description="items per predict() chunk")
         data_seed: int = 0
 
-    outputs: Collection[str] = frozenset({PROBS, EMBEDDINGS, MC_DROPOUT, BOOTSTRAP})
+    outputs: Collection[str] = frozenset({PROBS, EMBEDDINGS, FEATURES, MC_DROPOUT, BOOTSTRAP})
     primary_metric = "accuracy"
     metrics = ("accuracy", "n_train", "train_accuracy")
     query_type = "pool"
@@ -154,7 +155,10 @@ class ToyTask:
                         passes = [self.model(x) for _ in drop.members(mc.samples)]
                 out = {PROBS: torch.stack([p[0] for p in passes]).softmax(-1),
                        EMBEDDINGS: torch.stack([p[1] for p in passes])}
-            yield {k: (v if mc is not None else v[0]).cpu().numpy() for k, v in out.items() if k in want}
+            chunk = {k: (v if mc is not None else v[0]).cpu().numpy() for k, v in out.items() if k in want}
+            if FEATURES in want:                 # the label-free representation: the standardised inputs
+                chunk[FEATURES] = x.cpu().numpy()
+            yield chunk
 
     def evaluate(self) -> Mapping[str, float]:
         n = self.config.n_items

@@ -1,4 +1,5 @@
-"""A JSON Schema (draft 2020-12) for recipe files, built from the models that validate them.
+"""A JSON Schema (draft 2020-12) for recipe files, built from the models that validate them. A shelf beside the
+kernel: the core plugin's manifest contributes its verb, ``activelab schema`` (:data:`SCHEMA`).
 
 ``activelab schema`` prints it; editors that speak JSON Schema (the YAML language server in VS Code, Neovim, ...)
 then complete and check ``recipes/*.yaml`` as they are typed. It uses only keywords draft-07 shares (``$ref`` into
@@ -30,9 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import registry
-from .errors import UserError
-from .recipe import Recipe
+from activelab import registry
+from activelab.cli import Verb
+from activelab.errors import UserError
+from activelab.recipe import Recipe
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _ROLE = re.compile(r":[a-z]+:`~?\.?([^`]+)`")   # Sphinx roles in docstrings (:class:`Label`) -> ``Label``
@@ -244,3 +246,12 @@ def command(out: str | None, plugins: str | None) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _arguments(sc) -> None:
+    sc.add_argument("--out", help="write it to this file instead of stdout")
+    sc.add_argument("--plugins", help="comma-separated plugins to cover (default: every installed plugin)")
+
+
+SCHEMA = Verb("print a JSON Schema for recipe files (editors validate and complete with it)", _arguments,
+              lambda args: command(args.out, args.plugins))
