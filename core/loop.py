@@ -1,8 +1,9 @@
 """The one loop that drives any task, in a run folder (:mod:`activelab.run`).
 
 Round ``r`` (0 .. loop.rounds):
-  1. select batch r: r = 0 is uninformed (``loop.initial`` items); later rounds score the candidates with the
-     model of round r-1 and take ``loop.batch``. The batch is committed before the oracle is asked.
+  1. select batch r: r = 0 is uninformed (``loop.initial`` items), or chosen by the recipe's ``cold_start``
+     scorer; later rounds score the candidates with the model of round r-1 and take ``loop.batch``. The batch
+     is committed before the oracle is asked.
   2. ask the oracle for every item of the batch still outstanding; each answer is committed as it comes.
   3. fit model r on all labels (from checkpoint r-1), save checkpoint r atomically.
   4. evaluate; commit the round's metrics row, rewrite metrics.jsonl and the learning curve.
@@ -67,6 +68,7 @@ class Runner:
         self.task = build("task")
         self._check_data()
         self.scorer = build("scorer")
+        self.cold_start = build("cold_start") if "cold_start" in self.resolved.classes else None
         self.selector = build("selector")
         self.oracle = oracle_override if oracle_override is not None else build("oracle")
         self.pool = make_pool(self.task, self.store)
@@ -147,13 +149,14 @@ class Runner:
             return batch[0]
         ctx = self.ctx(round)
         candidates = self.selector.candidates(self.pool.candidates(), ctx)
-        if round == 0:
+        if round == 0 and self.cold_start is None:
             chosen = self.selector.select(candidates, None, ctx.budget, ctx)
             chosen_scores = None
-        else:
-            self._ensure_model(round - 1)
+        else:   # round 0 with a cold-start scorer: scored with the untrained model (its label-free outputs)
+            if round > 0:
+                self._ensure_model(round - 1)
             started = time.perf_counter()
-            raw = self.scorer.score(self.task, candidates, ctx)
+            raw = (self.scorer if round > 0 else self.cold_start).score(self.task, candidates, ctx)
             chosen = self.selector.select(candidates, self._scored(iter_blocks(raw), len(candidates)), ctx.budget, ctx)
             self._score_seconds = time.perf_counter() - started
             values = getattr(chosen, "scores", None)   # a Picks carries the chosen items' scores, nothing more

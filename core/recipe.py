@@ -59,6 +59,10 @@ class LoopSpec(BaseModel):
     keep_checkpoints: int = Field(default=2, ge=1, description="newest checkpoints kept in the run folder")
 
 
+#: The recipe's component fields and the kind of component each names.
+FIELDS = {"task": "task", "scorer": "scorer", "cold_start": "scorer", "selector": "selector", "oracle": "oracle"}
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # the name becomes the default run folder runs/<name>-<time>: no path separators, no "..", no leading dot
@@ -68,6 +72,9 @@ class Recipe(BaseModel):
     seed: int = 0
     task: ComponentSpec
     scorer: ComponentSpec
+    cold_start: ComponentSpec | None = Field(
+        None, description="a scorer that chooses the first batch (round 0, before any model is trained; e.g. "
+                          "typiclust on the task's label-free features) instead of random items")
     selector: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="topk"))
     oracle: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="simulated"))
     loop: LoopSpec
@@ -250,36 +257,38 @@ def validate(data: dict[str, Any], source: str = "recipe") -> Resolved:
 
     classes: dict[str, type] = {}
     configs: dict[str, Any] = {}
-    for kind in ("task", "scorer", "selector", "oracle"):
-        spec_raw = data.get(kind, {"name": "topk"} if kind == "selector"
-                            else {"name": "simulated"} if kind == "oracle" else None)
+    for field, kind in FIELDS.items():
+        spec_raw = data.get(field, {"name": "topk"} if field == "selector"
+                            else {"name": "simulated"} if field == "oracle" else None)
         if not isinstance(spec_raw, dict) or not isinstance(spec_raw.get("name"), str):
-            continue  # already reported by the schema
+            continue  # already reported by the schema (or an optional field left out)
         params = spec_raw.get("params") or {}
         try:
             cls = registry.load(kind, spec_raw["name"], spec_raw.get("plugin"))
         except UserError as exc:
-            problems.append(f"{kind}.name: {exc}")
+            problems.append(f"{field}.name: {exc}")
             continue
-        classes[kind] = cls
+        classes[field] = cls
         config_model = getattr(cls, "Config", None)
         if config_model is None:
-            configs[kind] = dict(params) if isinstance(params, dict) else params
+            configs[field] = dict(params) if isinstance(params, dict) else params
             continue
         if not isinstance(params, dict):
             continue  # reported by the schema
         try:
-            configs[kind] = config_model.model_validate(params)
+            configs[field] = config_model.model_validate(params)
         except ValidationError as exc:
-            problems.extend(pydantic_problems(exc, prefix=f"{kind}.params"))
+            problems.extend(pydantic_problems(exc, prefix=f"{field}.params"))
 
     # Cross-checks that need both ends.
-    if "task" in configs and "scorer" in configs:
-        needs = _needs(classes["scorer"], configs["scorer"])
+    for field in ("scorer", "cold_start"):
+        if "task" not in configs or field not in configs:
+            continue
+        needs = _needs(classes[field], configs[field])
         offers = set(getattr(classes["task"], "outputs", ()))
         missing = sorted(set(needs) - offers)
         if missing:
-            problems.append(f"scorer.name: scorer '{data['scorer']['name']}' needs {', '.join(missing)}, which task "
+            problems.append(f"{field}.name: scorer '{data[field]['name']}' needs {', '.join(missing)}, which task "
                             f"'{data['task']['name']}' does not provide "
                             f"(it provides: {', '.join(sorted(offers)) or 'nothing'})")
     if recipe is not None:

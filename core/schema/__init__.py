@@ -187,6 +187,9 @@ def build(only: list[str] | None = None, comps: list[Component] | None = None) -
     for kind in registry.KINDS:
         defs[kind] = _spec_schema(kind, [c for c in comps if c.kind == kind], defs, defaults[kind])
         top["properties"][kind] = {"$ref": f"#/$defs/{kind}"}
+    cold = top["properties"]["cold_start"]
+    top["properties"]["cold_start"] = {"description": cold.get("description", ""),
+                                       "anyOf": [{"$ref": "#/$defs/scorer"}, {"type": "null"}], "default": None}
     names = sorted({c.plugin for c in comps})
     top.pop("title", None)
     schema = {

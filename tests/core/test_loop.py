@@ -1,13 +1,17 @@
 """The loop end to end on the toy task: run folder contents, determinism, pause and resume."""
 import json
 
+import numpy as np
 import pytest
 import yaml
 
 from activelab import recipe as recipes
 from activelab.loop import Runner
-from activelab.protocol import Label, Quit
+from activelab.protocol import Candidates, Env, Label, Quit, collect_scores
 from activelab.run import create_run, status
+from activelab.strategies.diversity import KCenterGreedy
+from activelab.testing import make_context
+from activelab.testing.toy import ToyTask
 
 TOY = {
     "name": "toy-entropy",
@@ -138,3 +142,53 @@ def test_undo_in_process_matches_the_uninterrupted_run(tmp_path):
     undone = finish(start(tmp_path, name="undo"), oracle_override=UndoesOnce())
     assert undone[0] == "done"
     assert undone[2] == reference[2] and undone[3] == reference[3]
+
+
+# ------------------------------------------------------------------------------------------ cold start
+COLD = {**TOY, "name": "toy-cold", "cold_start": {"name": "kcenter", "params": {}}}
+
+
+def test_cold_start_scorer_chooses_the_first_batch(tmp_path):
+    """With ``cold_start``, round 0 is the cold-start scorer's top-k on the untrained model (its scores are
+    recorded), not a random draw; later rounds use the recipe's scorer as before."""
+
+    outcome, _, batches, _ = finish(start(tmp_path, COLD))
+    assert outcome == "done"
+    items, scores = batches[0]
+    task = ToyTask(ToyTask.Config(), Env(seed=COLD["seed"]))     # the untrained model of round 0
+    ids = list(task.pool_ids())
+    expected = collect_scores(KCenterGreedy().score(task, Candidates(ids, range(len(ids))),
+                                                    make_context({}, round=0, seed=COLD["seed"], budget=10)))
+    order = np.argsort(-expected, kind="stable")[:10]
+    assert items == [ids[i] for i in order]
+    assert scores is not None and len(scores) == 10
+    random_first = finish(start(tmp_path, TOY, name="random"))[2][0][0]
+    assert items != random_first
+
+
+def test_cold_start_resumes_to_the_same_run(tmp_path):
+    reference = finish(start(tmp_path, COLD, name="ref"))
+    run_dir = start(tmp_path, COLD, name="paused")
+    assert finish(run_dir, oracle_override=QuitsAfter(4))[0] == "paused"      # inside the cold-start batch
+    outcome = finish(run_dir)
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows]  # noqa: E731
+    assert outcome[0] == "done" and outcome[2:] == reference[2:]
+    assert strip(outcome[1]) == strip(reference[1])
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"name": "nope"}, "cold_start.name"),
+    ({"name": "kcenter", "params": {"bogus": 1}}, "cold_start.params.bogus"),
+    ({"name": "entropy"}, None),
+])
+def test_cold_start_is_validated_like_the_scorer(spec, message):
+    data = {**TOY, "cold_start": spec}
+    if message is None:
+        recipes.validate(data)
+        return
+    with pytest.raises(recipes.RecipeError, match=message.replace(".", r"\.")):
+        recipes.validate(data)
+
+
+def test_old_recipes_without_cold_start_are_unchanged():
+    assert recipes.validate(TOY).recipe.cold_start is None
