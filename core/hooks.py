@@ -56,6 +56,20 @@ class FitBootstrap(Protocol):
         ``seed``); ``predict(..., mc=MC(mode="bootstrap"))`` then uses them. Goes with the ``BOOTSTRAP`` output."""
 
 
+class LabelCost(Protocol):
+    def label_cost(self, ids: Sequence[ItemId], labels: Sequence[Any] | None = None) -> np.ndarray:
+        """What labelling each item costs, in the task's ``cost_unit`` (seconds of audio, source tokens, boxes):
+        with ``labels``, what those answers cost; without, the cost expected before asking (what strategies that
+        select per unit of cost divide by). Without the hook every label costs 1 and no cost is reported."""
+
+
+class CostUnit(Protocol):
+    """What :meth:`LabelCost.label_cost` counts, for tables and plots (e.g. ``"seconds of audio"``); default
+    ``"labels"``."""
+
+    cost_unit: str
+
+
 class DataFingerprint(Protocol):
     def data_fingerprint(self) -> str:
         """A digest of the task's data (pool items and their content); a run stores it when it starts and refuses
@@ -123,6 +137,14 @@ def fit_bootstrap(task: Task) -> Callable[[Mapping[ItemId, Any], int, int], None
     return _method(task, "fit_bootstrap")
 
 
+def label_cost(task: Task) -> Callable[..., np.ndarray] | None:
+    return _method(task, "label_cost")
+
+
+def cost_unit(task: Task | type) -> str:
+    return str(_value(task, "cost_unit", "labels"))
+
+
 def data_fingerprint(task: Task) -> Callable[[], str] | None:
     return _method(task, "data_fingerprint")
 
@@ -166,6 +188,8 @@ HOOKS: dict[str, Hook] = {
     "corrupt_label": Hook("task", CorruptLabel),
     "fit_bootstrap": Hook("task", FitBootstrap),
     "data_fingerprint": Hook("task", DataFingerprint),
+    "label_cost": Hook("task", LabelCost),
+    "cost_unit": Hook("task", CostUnit, lambda v: isinstance(v, str), "a string"),
     "lower_is_better": Hook("task", LowerIsBetter, _names, "a collection of metric names"),
     "metrics": Hook("task", Metrics, _names, "a collection of metric names"),
     "query_type": Hook("task", QueryType, lambda v: v in ("pool", "synthesis"), "'pool' or 'synthesis'"),

@@ -167,6 +167,13 @@ class ToyTask:
         return {"accuracy": float((pred == self.y[n:]).float().mean())}
 
     # ------------------------------------------------------------------ labels
+    cost_unit = "seconds"
+
+    def label_cost(self, ids: Sequence[ItemId], labels: Sequence[Any] | None = None) -> np.ndarray:
+        """A made-up cost (1, 2 or 3 "seconds" by pool position, whatever the answer), so that cost-aware
+        strategies and the loop's ``cost`` column can be exercised on the toy task."""
+        return 1.0 + np.asarray(self.items.positions(ids)) % 3
+
     def true_label(self, item_id: ItemId) -> int:
         return int(self.y[self.items.position(item_id)])
 

@@ -171,6 +171,13 @@ class TranslationTask:
     def pool_ids(self) -> Sequence[ItemId]:
         return list(self.pool.ids)
 
+    cost_unit = "source words"
+
+    def label_cost(self, ids: Sequence[ItemId], labels: Sequence[Any] | None = None) -> np.ndarray:
+        """Words of the source sentence a translator reads (whitespace-separated, at least 1 per sentence)."""
+        return np.array([max(1, len(self.pool.sources[p].split())) for p in self.items.positions(ids).tolist()],
+                        dtype=np.float64)
+
     def data_fingerprint(self) -> str:
         """SHA-256 (hex) over every pool and test pair, in order: its id, source and reference. The core refuses
         to resume a run whose data changed."""

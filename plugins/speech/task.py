@@ -29,6 +29,7 @@ import json
 import math
 import time
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Collection, Iterator, Literal, Mapping, Sequence
 
 import jiwer
@@ -139,6 +140,18 @@ class RecognitionTask:
     def _compute_features(self, path: str) -> torch.Tensor:
         with torch.inference_mode():
             return self.logmel(read_audio(path, self.sample_rate, self.cfg.data.resample)).clone()
+
+    cost_unit = "seconds of audio"
+
+    def label_cost(self, ids: Sequence[ItemId], labels: Sequence[Any] | None = None) -> np.ndarray:
+        """Seconds of audio a person listens to per item (from the file's header; the answer does not change it)."""
+        return np.array([self._seconds(str(self.pool[p].path)) for p in self.items.positions(ids).tolist()])
+
+    @staticmethod
+    @lru_cache(maxsize=None)
+    def _seconds(path: str) -> float:
+        _, frames, rate, _ = audio_fingerprint(Path(path))
+        return frames / rate
 
     def _utterance(self, item_id: ItemId) -> Utterance:
         return self.pool[self.items.position(item_id)]

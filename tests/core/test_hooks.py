@@ -126,12 +126,15 @@ def test_accessors_give_the_hook_or_its_default():
     assert hooks.metrics(ToyTask) == {"accuracy", "n_train", "train_accuracy"} and hooks.query_type(task) == "pool"
     bare = Bare()
     for accessor in (hooks.suggest, hooks.label_schema, hooks.parse_label, hooks.corrupt_label, hooks.fit_bootstrap,
-                     hooks.data_fingerprint, hooks.metrics):
+                     hooks.data_fingerprint, hooks.metrics, hooks.label_cost):
         assert accessor(bare) is None
     assert hooks.lower_is_better(bare) == frozenset() and hooks.query_type(bare) == "pool"
+    assert hooks.label_cost(task) == task.label_cost and hooks.cost_unit(task) == "seconds"
+    assert hooks.cost_unit(bare) == "labels"
     assert hooks.interactive(bare) is False
     assert set(hooks.HOOKS) == {"suggest", "label_schema", "parse_label", "corrupt_label", "fit_bootstrap",
-                                "lower_is_better", "metrics", "data_fingerprint", "query_type", "interactive"}
+                                "lower_is_better", "metrics", "data_fingerprint", "query_type", "interactive",
+                                "label_cost", "cost_unit"}
 
 
 def test_the_hook_protocols_are_documented():

@@ -179,6 +179,7 @@ class DetectionTask:
         self.optimizer = self._new_optimizer(self.model)
         self.fitted = False
         self.trained_on: list[ItemId] = []     # the labelled ids of the last fit (for the selection pictures)
+        self.mean_boxes = 1.0                  # boxes per labelled image at the last fit (the expected cost)
 
     # ------------------------------------------------------------------------------------------ building
     def _check_sizes(self) -> None:
@@ -321,6 +322,7 @@ class DetectionTask:
         self.model.eval()
         self.fitted = True
         self.trained_on = list(ids)
+        self.mean_boxes = float(np.mean(self._costs([labels[i] for i in ids])))
         return stats
 
     def stages(self) -> list[tuple[str, int]]:
@@ -465,6 +467,20 @@ class DetectionTask:
         return fingerprint(DetectionData(self.classes, self.category_ids, self.pool, self.test))
 
     # ------------------------------------------------------------------------------------------ labels
+    cost_unit = "boxes"
+
+    def label_cost(self, ids: Sequence[ItemId], labels: Sequence[Any] | None = None) -> np.ndarray:
+        """Boxes a person draws per image (an image with none counts 1: it still has to be looked at). Before
+        asking the number is unknown: the expected cost is the mean over the images of the last fit (1 before any
+        fit), the same for every image, so selecting per unit of cost does not change the ranking here."""
+        if labels is None:
+            return np.full(len(ids), self.mean_boxes)
+        return self._costs(labels)
+
+    @staticmethod
+    def _costs(labels: Sequence[Any]) -> np.ndarray:
+        return np.array([max(1, len(v)) if isinstance(v, (list, tuple)) else 1 for v in labels], dtype=np.float64)
+
     def true_label(self, item_id: ItemId) -> list[dict[str, Any]]:
         image = self.pool[self.items.position(item_id)]
         return [{"label": self.classes[int(c)], "box": [round(float(v), 2) for v in box]}
@@ -555,7 +571,7 @@ class DetectionTask:
 
     def state_dict(self) -> dict[str, Any]:
         return checkpoint(matches=self._matches(), model=self.model, optimizer=self.optimizer, fitted=self.fitted,
-                          trained_on=list(self.trained_on))
+                          trained_on=list(self.trained_on), mean_boxes=self.mean_boxes)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         check(state, self._matches())
@@ -563,3 +579,4 @@ class DetectionTask:
         self.optimizer = restore(self._new_optimizer(self.model), state["optimizer"])
         self.fitted = bool(state["fitted"])
         self.trained_on = list(state.get("trained_on", []))
+        self.mean_boxes = float(state.get("mean_boxes", 1.0))

@@ -344,3 +344,11 @@ def test_tiny_cli_run_computes_bleu(tmp_path, capsys):
         assert rows[-1]["bleu"] == pytest.approx(task.evaluate()["bleu"])
     finally:
         runner.close()
+
+
+def test_label_cost_is_source_words():
+    task = tiny_task()
+    ids = list(task.pool_ids())[:6]
+    words = [max(1, len(task.pool.sources[task.items.position(i)].split())) for i in ids]
+    assert task.label_cost(ids).tolist() == words and task.cost_unit == "source words"
+    assert len(set(words)) > 1          # the demo corpus has sentences of different lengths

@@ -275,3 +275,13 @@ def test_transcripts_round_trip_through_a_jsonl_exchange(commands, tmp_path, cap
     assert info["labels"] == 6 and info["round"] == 1 and info["outstanding"] == 3
     stored = dict(sqlite3.connect(run / "labels.sqlite").execute("SELECT item_id, value FROM labels"))
     assert all(json.loads(v) == truth[k] for k, v in stored.items())                   # normalised transcripts
+
+
+def test_label_cost_is_seconds_of_audio(fitted):
+    import soundfile as sf
+
+    ids = list(fitted.pool_ids())[:5]
+    expected = [sf.info(str(fitted.pool[fitted.items.position(i)].path)).duration for i in ids]
+    np.testing.assert_allclose(fitted.label_cost(ids), expected, rtol=1e-9)
+    np.testing.assert_allclose(fitted.label_cost(ids, ["x"] * 5), expected, rtol=1e-9)   # the answer changes nothing
+    assert fitted.cost_unit == "seconds of audio"

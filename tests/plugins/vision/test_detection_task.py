@@ -374,3 +374,17 @@ def test_boxes_round_trip_through_label_studio(canvases, tmp_path, capsys):
     for t in json.loads((tmp_path / "r1.json").read_text()):
         [prediction] = t["predictions"]
         assert all(r["type"] == "rectanglelabels" for r in prediction["result"])
+
+
+def test_label_cost_counts_boxes_and_expects_the_last_fits_mean(canvases):
+    task = make_task(canvases)
+    ids = list(task.pool_ids())[:8]
+    assert task.label_cost(ids).tolist() == [1.0] * 8            # nothing fitted: no expectation but 1
+    labels = true_labels(task, ids)
+    boxes = [max(1, len(labels[i])) for i in ids]
+    assert task.label_cost(ids, [labels[i] for i in ids]).tolist() == boxes
+    task.fit(labels, make_context(labels, round=1, seed=3))
+    assert task.label_cost(ids[:3]).tolist() == [pytest.approx(np.mean(boxes))] * 3
+    again = make_task(canvases)
+    again.load_state_dict(task.state_dict())
+    assert again.mean_boxes == task.mean_boxes and task.cost_unit == "boxes"
