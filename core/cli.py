@@ -137,13 +137,22 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare
+    from .compare import compare, merge
 
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
-    out = compare(args.recipe, strategies, args.seeds, args.out, args.overrides, metrics, progress=not args.quiet)
+    if args.merge is not None:
+        if args.recipe or args.overrides or args.strategies:
+            raise UserError("compare --merge: give run folders only, no recipe, overrides or --strategies")
+        out = merge(args.merge, args.out, metrics, args.target_strategy)
+    else:
+        if not args.recipe or not args.strategies:
+            raise UserError("compare: give a recipe and --strategies, or --merge DIR [DIR ...] --out OUT")
+        strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+        out = compare(args.recipe, strategies, args.seeds, args.out, args.overrides, metrics,
+                      progress=not args.quiet, target=args.target_strategy)
     print((out / "compare.md").read_text())
-    print(f"table: {out}/compare.md, {out}/compare.csv; plot: {out}/compare.png", file=sys.stderr)
+    print(f"tables: {out}/compare.md, {out}/compare.csv, {out}/compare.json; plot: {out}/compare.png",
+          file=sys.stderr)
     return 0
 
 
@@ -182,14 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plugins", help="list plugins, their components and where they came from")
     pl.set_defaults(func=_cmd_plugins)
 
-    c = sub.add_parser("compare", help="run a recipe under several strategies and seeds; write a table and a plot")
-    c.add_argument("recipe")
+    c = sub.add_parser("compare", help="run a recipe under several strategies and seeds (or --merge finished runs); "
+                                       "write tables, compare.json and plots")
+    c.add_argument("recipe", nargs="?")
     c.add_argument("overrides", nargs="*")
-    c.add_argument("--strategies", required=True,
-                   help="comma-separated: names from the recipe's strategies, or scorers")
-    c.add_argument("--seeds", type=int, default=3)
+    c.add_argument("--strategies", help="comma-separated: names from the recipe's strategies, or scorers")
+    c.add_argument("--seeds", type=int, default=5)
     c.add_argument("--metrics", help="comma-separated metrics for the table (default: the task's primary metric)")
     c.add_argument("--out", help="folder for the runs, table and plot (default runs/compare-<name>)")
+    c.add_argument("--merge", nargs="+", metavar="DIR",
+                   help="no recipe: merge finished runs made separately (compare outputs or run folders) into --out")
+    c.add_argument("--target-strategy", help="labels-to-reach target: this strategy's final score (default random)")
     c.add_argument("-q", "--quiet", action="store_true")
     c.set_defaults(func=_cmd_compare)
 

@@ -1,25 +1,27 @@
-"""``activelab compare``: one recipe under several strategies and seeds, then a table and a plot.
+"""``activelab compare``: one recipe under several strategies and seeds, then tables, a JSON summary and plots.
 
 Each (strategy, seed) is an ordinary run folder under ``OUT/<strategy>/seed_<s>``; a comparison that was
-interrupted picks up where it stopped (finished runs are reused, unfinished ones resumed).
+interrupted picks up where it stopped (finished runs are reused, unfinished ones resumed). ``compare --merge``
+(:func:`merge`) writes the same outputs for finished runs made separately, so no table is aggregated by hand. The
+statistics are those of :mod:`activelab.report`.
 """
 from __future__ import annotations
 
 import csv
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
 import yaml
 from tqdm.auto import tqdm
 
-from . import hooks
+from . import hooks, registry, report
 from . import recipe as recipes
 from .errors import UserError
 from .loop import Runner
 from .protocol import RunStatus
-from .report import aggregate, labels_to_reach, markdown_table, plot_compare
-from .run import RECIPE_FILE, create_run, resolved_recipe
+from .run import METRICS_FILE, RECIPE_FILE, create_run, resolved_recipe, status
 
 LOOP_METRICS = frozenset({"round", "n_labeled", "n_queried", "fit_seconds", "score_seconds"})
 
@@ -41,12 +43,15 @@ def _check_metrics(wanted: list[str], known: set[str], base: recipes.Resolved, s
 
 
 def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None,
-            overrides: list[str], metrics: list[str] | None = None, progress: bool = True) -> Path:
+            overrides: list[str], metrics: list[str] | None = None, progress: bool = True,
+            target: str | None = None) -> Path:
     base = recipes.load(recipe_path, overrides)
     if seeds < 1:
         raise UserError("--seeds: must be >= 1")
     if not strategies:
         raise UserError("--strategies: give at least one strategy")
+    if target is not None and target not in strategies:
+        raise UserError(f"--target-strategy: '{target}' is not one of --strategies")
     out_dir = Path(out) if out else Path("runs") / f"compare-{base.recipe.name}"
     primary = getattr(base.classes["task"], "primary_metric", None)
     wanted = metrics or [primary]
@@ -63,7 +68,7 @@ def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None
             data["name"] = f"{base.recipe.name}-{strategy}"
             plans.append((strategy, s, recipes.validate(data, source=f"{recipe_path} (strategy {strategy})")))
 
-    runs: dict[str, list[list[dict[str, Any]]]] = {s: [] for s in strategies}
+    done = []
     for strategy, s, resolved in tqdm(plans, desc="compare", unit="run", disable=not progress):
         run_dir = out_dir / strategy / f"seed_{s}"
         if not (run_dir / RECIPE_FILE).exists():
@@ -74,34 +79,98 @@ def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None
         try:
             if runner.run() != RunStatus.DONE:
                 raise UserError(f"{run_dir}: the oracle paused this run; finish it with `activelab resume {run_dir}`")
-            rows = runner.store.metrics()
-            runs[strategy].append(rows)
         finally:
             runner.close()
+        done.append(read_run(run_dir, strategy))
         if known is None:  # a task that does not declare its metrics: check them on the first finished run
-            known = {k for row in rows for k in row}
+            known = {k for row in done[-1]["rows"] for k in row}
             _check_metrics(wanted, known, base, "its first run reports")
+    command = _command([recipe_path, *overrides, "--strategies", ",".join(strategies), "--seeds", str(seeds),
+                        "--out", str(out_dir)], metrics, target)
+    return write_report(done, out_dir, wanted, base.classes["task"], command, base.recipe.name, target)
 
-    table = aggregate(runs, wanted)
-    (out_dir / "compare.json").write_text(json.dumps(table, indent=1))
+
+def _command(args: list[str], metrics: list[str] | None, target: str | None) -> str:
+    """The command line that makes this comparison again (written into compare.md and compare.json)."""
+    return shlex.join(["activelab", "compare", *args, *(["--metrics", ",".join(metrics)] if metrics else []),
+                       *(["--target-strategy", target] if target else [])])
+
+
+def read_run(run_dir: Path, strategy: str) -> dict[str, Any]:
+    """A finished run as :func:`activelab.report.summarise` reads it: its metrics rows (``metrics.jsonl``), seed,
+    task and setting (the task name and the recipe name less the ``-<strategy>`` suffix compare gives it)."""
+    state = status(run_dir)["status"]
+    if state != RunStatus.DONE or not (run_dir / METRICS_FILE).is_file():
+        raise UserError(f"{run_dir}: not a finished run (status {state}); finish it with `activelab resume "
+                        f"{run_dir}`")
+    try:
+        recipe = yaml.safe_load((run_dir / RECIPE_FILE).read_text())
+        rows = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
+        name, task = recipe["name"], recipe["task"]["name"]
+        base = name[:-len(strategy) - 1] if name.endswith(f"-{strategy}") else name
+        return {"path": run_dir, "strategy": strategy, "seed": recipe.get("seed", 0), "task": task,
+                "plugin": recipe["task"].get("plugin"), "setting": f"{task}/{base}",
+                "rows": [r for r in rows if isinstance(r.get("round"), int) and isinstance(r.get("n_labeled"), int)]}
+    except (ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
+        raise UserError(f"{run_dir}: unreadable run ({exc})") from None
+
+
+def merge(dirs: list[str], out: str | None, metrics: list[str] | None = None, target: str | None = None) -> Path:
+    """The outputs of :func:`compare` for runs made separately. Each folder is a compare output
+    (``DIR/<strategy>/seed_<s>/``: the strategy is the folder's name) or one run folder (the strategy is the run
+    folder's own name, or its parent's for a ``seed_<s>`` folder). Refused: an unfinished run, runs of another
+    task, a metric a run lacks, and a second run of the same setting, strategy and seed (the same folder named
+    twice is read once)."""
+    if not out:
+        raise UserError("--merge: give --out, the folder for the merged table and plot")
+    runs: list[dict[str, Any]] = []
+    for folder in map(Path, dirs):
+        own = folder.resolve().parent.name if folder.resolve().name.startswith("seed_") else folder.resolve().name
+        found = [(own, folder)] if (folder / RECIPE_FILE).is_file() else \
+            [(p.parent.name, p) for p in sorted(folder.glob("*/seed_*")) if (p / RECIPE_FILE).is_file()]
+        if not found:
+            raise UserError(f"{folder}: neither a run folder nor a compare output (no {RECIPE_FILE}, no "
+                            f"<strategy>/seed_<s>/ runs)")
+        for strategy, path in found:
+            run = read_run(path, strategy)
+            twin = next((r for r in runs if (r["setting"], r["strategy"], r["seed"]) ==
+                         (run["setting"], strategy, run["seed"])), None)
+            if twin is not None and twin["path"].resolve() == path.resolve():
+                continue
+            if twin is not None:
+                raise UserError(f"{path}: {run['setting']}, strategy {strategy}, seed {run['seed']} is already in "
+                                f"the comparison ({twin['path']}); a run is never counted twice")
+            if runs and (run["task"], run["plugin"]) != (runs[0]["task"], runs[0]["plugin"]):
+                raise UserError(f"{path}: a run of task '{run['task']}', not '{runs[0]['task']}' as "
+                                f"{runs[0]['path']}; merge runs of one task")
+            runs.append(run)
+    task_cls = registry.load("task", runs[0]["task"], runs[0]["plugin"])
+    wanted = metrics or [getattr(task_cls, "primary_metric", None)]
+    for run in runs:
+        missing = [m for m in wanted if not any(m in r for r in run["rows"])]
+        if missing:
+            raise UserError(f"{run['path']}: reports no {', '.join(map(repr, missing))}; merge runs with the same "
+                            f"metrics")
+    return write_report(runs, Path(out), wanted, task_cls, _command(["--merge", *dirs, "--out", str(out)], metrics,
+                                                                    target), f"merged: {', '.join(dirs)}", target)
+
+
+def write_report(runs: list[dict[str, Any]], out_dir: Path, metrics: list[str], task_cls: type, command: str,
+                 title: str, target: str | None = None) -> Path:
+    """``compare.md``, ``compare.csv``, ``compare.json``, ``compare.png`` (and ``compare_cost.png`` when every
+    metrics row has a ``cost``) into ``out_dir``."""
+    if target is not None and target not in {r["strategy"] for r in runs}:
+        raise UserError(f"--target-strategy: no strategy '{target}' in the comparison")
+    summary = report.summarise(runs, metrics, metrics[0] in hooks.lower_is_better(task_cls), target)
+    summary["command"] = command
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "compare.json").write_text(json.dumps(summary, indent=1))
+    table = report.csv_rows(summary)
     with open(out_dir / "compare.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=sorted({k for row in table for k in row}))
+        writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for row in table for k in row)))
         writer.writeheader()
         writer.writerows(table)
-    text = [f"# {base.recipe.name}: {', '.join(strategies)} over {seeds} seed(s)", "",
-            f"mean ± standard deviation over seeds; recipe {recipe_path}"
-            + (f" with {' '.join(overrides)}" if overrides else ""),
-            "", markdown_table(table, wanted)]
-    if "random" in strategies:
-        finals = [r for r in table if r["strategy"] == "random"]
-        target = max(finals, key=lambda r: r["n_labeled"]).get(f"{wanted[0]}_mean")
-        if target is not None:
-            lower = wanted[0] in hooks.lower_is_better(base.classes["task"])
-            text.append(f"labels needed to reach random's final {wanted[0]} ({target:.3f}"
-                        f"{', lower is better' if lower else ''}):")
-            for strategy, n in labels_to_reach(table, wanted[0], target, lower).items():
-                text.append(f"- {strategy}: {'not reached' if n is None else f'{n:g}'}")
-            text.append("")
-    (out_dir / "compare.md").write_text("\n".join(text))
-    plot_compare(table, wanted[0], out_dir / "compare.png", title=base.recipe.name)
+    (out_dir / "compare.md").write_text(report.markdown(summary, title, command))
+    for x in summary["x"]:
+        report.plot_compare(summary, out_dir / ("compare.png" if x == "n_labeled" else f"compare_{x}.png"), x)
     return out_dir

@@ -6,7 +6,9 @@ Round ``r`` (0 .. loop.rounds):
      is committed before the oracle is asked.
   2. ask the oracle for every item of the batch still outstanding; each answer is committed as it comes.
   3. fit model r on all labels (from checkpoint r-1), save checkpoint r atomically.
-  4. evaluate; commit the round's metrics row, rewrite metrics.jsonl and the learning curve.
+  4. evaluate, and judge the recipe's ``stopping`` criteria on model r (their values join the metrics row);
+     commit the round's metrics row, rewrite metrics.jsonl and the learning curve. A criterion whose params say
+     ``end_loop: true`` ends the run after the round where it is met (status done; the row's ``stopped_by``).
 
 Every step is idempotent given what the store and the checkpoints hold, so ``resume`` after a kill at any moment
 redoes at most the step that was interrupted. All randomness is derived from (seed, round, purpose), and a fit
@@ -18,6 +20,7 @@ import hashlib
 import io
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -71,6 +74,7 @@ class Runner:
         self.cold_start = build("cold_start") if "cold_start" in self.resolved.classes else None
         self.selector = build("selector")
         self.oracle = oracle_override if oracle_override is not None else build("oracle")
+        self.stopping = [cls(config, self.env) for cls, config in self.resolved.stopping]
         self.pool = make_pool(self.task, self.store)
         self.loaded_round = -1  # the task as constructed is the untrained model "of round -1"
         self._score_seconds: float | None = None
@@ -229,16 +233,36 @@ class Runner:
             **{k: _plain(v) for k, v in stats.items()},
             **{k: _plain(v) for k, v in metrics.items()},
         }
+        cost = hooks.label_cost(self.task)
+        if cost is not None and labels:   # what the labels so far cost, in the task's cost_unit
+            record["cost"] = float(np.sum(cost(list(labels), list(labels.values()))))
         if fit_seconds is not None:
             record["fit_seconds"] = round_to(fit_seconds)
         if self._score_seconds is not None:
             record["score_seconds"] = round_to(self._score_seconds)
             self._score_seconds = None
+        record.update(self._judge(round) if self.stopping else {})
         record = {k: _finite(v) for k, v in record.items()}
         self.store.add_metrics(round, record)
         self.write_reports()
         self._prune(round)
         return record
+
+    def _judge(self, round: int) -> dict[str, Any]:
+        """The stopping criteria on model ``round``: their values, the names of those met (``stop_met``) and, when
+        one that ends the loop is met, ``stopped_by``. Their states of rounds r-1 and r are kept under one key,
+        written before the metrics row: a run killed in between judges round r again from r-1's states."""
+        before = self.store.get_state("stopping", {}).get(str(round - 1), [None] * len(self.stopping))
+        ctx, unlabelled, specs = self.ctx(round), self.pool.candidates(), self.recipe.stopping
+        verdicts = [c.update(self.task, unlabelled, state, ctx) for c, state in zip(self.stopping, before)]
+        self.store.set_state("stopping", {str(round - 1): before, str(round): [v.state for v in verdicts]})
+        ends = [(s.name, v.reason) for s, c, v in zip(specs, self.stopping, verdicts) if v.met and c.end_loop]
+        for name, reason in ends:
+            tqdm.write(f"activelab: round {round}: stopping criterion '{name}' is met ({reason or 'see the metrics'})"
+                       "; the loop ends here", file=sys.stderr)
+        record = {key: _plain(value) for v in verdicts for key, value in v.values.items()}
+        record["stop_met"] = [s.name for s, v in zip(specs, verdicts) if v.met]
+        return {**record, "stopped_by": ", ".join(name for name, _ in ends)} if ends else record
 
     def write_reports(self) -> None:
         rows = self.store.metrics()
@@ -250,7 +274,9 @@ class Runner:
     def run(self) -> str:
         """Run to the end; returns "done" or "paused"."""
         self.store.set_state("status", RunStatus.RUNNING)
-        for r in range(0, self.recipe.loop.rounds + 1):
+        stopped = [row["round"] for row in self.store.metrics() if row.get("stopped_by")]
+        last = stopped[0] if stopped else self.recipe.loop.rounds     # a stopping criterion ended the loop there
+        for r in range(0, last + 1):
             if self.store.has_metrics(r):
                 continue
             self.store.set_state("round", r)
@@ -264,9 +290,12 @@ class Runner:
             if self.echo:
                 shown = {k: record[k] for k in ("n_labeled", self.task.primary_metric) if k in record}
                 tqdm.write(f"round {r}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
+            if record.get("stopped_by"):
+                last = r
+                break
         # Reports and pruning again: a kill between the last metrics commit and these leaves them stale.
         self.write_reports()
-        self._prune(self.recipe.loop.rounds)
+        self._prune(last)
         self.store.set_state("status", RunStatus.DONE)
         return RunStatus.DONE
 

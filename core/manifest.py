@@ -25,6 +25,7 @@ MANIFEST = Manifest(
             "badge": "activelab.strategies.batch:BADGE",
             "cluster_margin": "activelab.strategies.batch:ClusterMargin",
             "batchbald": "activelab.strategies.batchbald:BatchBALD",
+            "per_cost": "activelab.strategies.cost:PerCost",
         },
         "selector": {
             "topk": "activelab.strategies.selectors:TopK",
@@ -37,6 +38,13 @@ MANIFEST = Manifest(
             "simulated": "activelab.strategies.simulated:SimulatedOracle",
             "terminal": "activelab.labelling.terminal:TerminalOracle",
             "exchange": "activelab.labelling.files:ExchangeOracle",
+        },
+        # when to stop asking (the recipe's `stopping` list; issue 16)
+        "stopping": {
+            "stabilizing_predictions": "activelab.strategies.stopping:StabilizingPredictions",
+            "max_uncertainty": "activelab.strategies.stopping:MaxUncertainty",
+            "overall_uncertainty": "activelab.strategies.stopping:OverallUncertainty",
+            "expected_error": "activelab.strategies.stopping:ExpectedError",
         },
     },
     commands={

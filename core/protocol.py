@@ -343,6 +343,36 @@ class Oracle(Protocol):
         """Yield one :class:`Label`, :class:`Skip` or :class:`Undo` per answer; :class:`Quit` to pause."""
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What a stopping criterion says after a round's fit."""
+
+    values: Mapping[str, float | None]
+    """Go into the round's metrics row (``stop_*`` names); None where undefined (e.g. before two models exist)."""
+    met: bool = False
+    """Whether its condition holds now."""
+    state: Any = None
+    """What it needs next round (JSON-serialisable): the loop keeps it in the label store and hands it back, so
+    a resumed run continues exactly where an uninterrupted one would."""
+    reason: str = ""
+    """One line for people when it is met (``mean kappa 0.995 >= 0.99 over the last 3 rounds``)."""
+
+
+@runtime_checkable
+class StoppingCriterion(Protocol):
+    """When to stop asking for labels (the recipe's ``stopping`` list): evaluated after every round's fit, on that
+    round's model; its values are recorded each round, and, where ``end_loop`` is true, the loop ends once it is met.
+
+    ``needs`` lists the task outputs it uses, checked against ``Task.outputs`` like a scorer's."""
+
+    needs: Collection[str]
+    end_loop: bool
+
+    def update(self, task: Task, unlabelled: Sequence[ItemId], state: Any, ctx: Context) -> Verdict:
+        """Judge the task's current model. ``unlabelled``: the pool's candidates (a :class:`Candidates`); ``state``:
+        this criterion's ``Verdict.state`` of the previous round (None in round 0). Seeded by ``ctx``."""
+
+
 @runtime_checkable
 class Pool(Protocol):
     """Which items are labelled and which may be asked about; backed by the run's durable label store."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -78,6 +79,8 @@ class Recipe(BaseModel):
     selector: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="topk"))
     oracle: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="simulated"))
     loop: LoopSpec
+    stopping: list[ComponentSpec] = Field(default_factory=list, description="stopping criteria, judged after each "
+                                          "round's fit and recorded in its metrics; params end_loop: true ends the run")
     strategies: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="named sets of dotted overrides for `activelab compare --strategies`",
@@ -92,6 +95,8 @@ class Resolved:
     classes: dict[str, type]
     configs: dict[str, Any]
     raw: dict[str, Any]
+    stopping: list[tuple[type, Any]] = dc_field(default_factory=list)
+    """The ``stopping`` criteria's classes and configs, in recipe order."""
 
 
 # ------------------------------------------------------------------------------------------- messages
@@ -257,9 +262,11 @@ def validate(data: dict[str, Any], source: str = "recipe") -> Resolved:
 
     classes: dict[str, type] = {}
     configs: dict[str, Any] = {}
-    for field, kind in FIELDS.items():
-        spec_raw = data.get(field, {"name": "topk"} if field == "selector"
-                            else {"name": "simulated"} if field == "oracle" else None)
+    specs = [(f, kind, data.get(f, {"name": "topk"} if f == "selector" else {"name": "simulated"} if f == "oracle"
+                                 else None)) for f, kind in FIELDS.items()]
+    stops = data.get("stopping") if isinstance(data.get("stopping"), list) else []
+    specs += [(f"stopping.{i}", "stopping", spec) for i, spec in enumerate(stops)]
+    for field, kind, spec_raw in specs:
         if not isinstance(spec_raw, dict) or not isinstance(spec_raw.get("name"), str):
             continue  # already reported by the schema (or an optional field left out)
         params = spec_raw.get("params") or {}
@@ -281,16 +288,23 @@ def validate(data: dict[str, Any], source: str = "recipe") -> Resolved:
             problems.extend(pydantic_problems(exc, prefix=f"{field}.params"))
 
     # Cross-checks that need both ends.
-    for field in ("scorer", "cold_start"):
-        if "task" not in configs or field not in configs:
+    for field, kind, spec_raw in specs:
+        if "task" not in configs or field not in configs or kind not in ("scorer", "stopping"):
             continue
         needs = _needs(classes[field], configs[field])
         offers = set(getattr(classes["task"], "outputs", ()))
         missing = sorted(set(needs) - offers)
+        what = "scorer" if kind == "scorer" else "stopping criterion"
         if missing:
-            problems.append(f"{field}.name: scorer '{data[field]['name']}' needs {', '.join(missing)}, which task "
+            problems.append(f"{field}.name: {what} '{spec_raw['name']}' needs {', '.join(missing)}, which task "
                             f"'{data['task']['name']}' does not provide "
                             f"(it provides: {', '.join(sorted(offers)) or 'nothing'})")
+    names = [spec.get("name") if isinstance(spec, dict) else None for spec in stops]
+    problems += [f"stopping.{i}.name: '{n}' is given twice" for i, n in enumerate(names) if n and n in names[:i]]
+    stopping = [(classes.pop(f), configs.pop(f)) for f, kind, _ in specs if kind == "stopping" and f in configs]
+    # the run folder pins every default of the criteria, as resolved_recipe does for the other components
+    for spec, (_, config) in zip(recipe.stopping if recipe is not None and not problems else [], stopping):
+        spec.params = config.model_dump(mode="json") if hasattr(config, "model_dump") else spec.params
     if recipe is not None:
         for sname, overrides in recipe.strategies.items():
             if not isinstance(overrides, dict):
@@ -300,7 +314,7 @@ def validate(data: dict[str, Any], source: str = "recipe") -> Resolved:
                 problems.append(f"strategies.{sname}: keys must be dotted recipe paths (not strategies.*)")
     if problems:
         raise RecipeError(source, problems)
-    return Resolved(recipe=recipe, classes=classes, configs=configs, raw=data)
+    return Resolved(recipe=recipe, classes=classes, configs=configs, raw=data, stopping=stopping)
 
 
 def _needs(scorer_cls: type, config: Any) -> set[str]:

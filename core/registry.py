@@ -20,7 +20,7 @@ from . import hooks
 from .errors import UserError
 
 GROUP = "activelab.plugins"
-KINDS = ("task", "scorer", "selector", "oracle")
+KINDS = ("task", "scorer", "selector", "oracle", "stopping")
 
 
 @dataclass(frozen=True)

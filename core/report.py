@@ -1,12 +1,31 @@
-"""Learning-curve reports: one run's curve, and the table + plot of ``activelab compare``."""
+"""Learning-curve reports: one run's curve, and the statistics, tables and plots of ``activelab compare``.
+
+A comparison is a list of finished runs, each ``{"setting", "strategy", "seed", "rows"}`` (``rows``: the run's
+metrics rows). A *setting* is one experiment (a task on one dataset under one recipe); within it, rounds with the
+same index are pooled over seeds, and strategies are paired by seed. :func:`summarise` turns the runs into one
+JSON-ready object (``compare.json``); :func:`markdown`, :func:`csv_rows` and :func:`plot_compare` render it.
+
+Statistics, all over seeds: the mean, the sample standard deviation and the 95% Student t interval on the mean
+(n - 1 degrees of freedom); the area under the budget curve of each seed (trapezoid rule over labelled items,
+divided by the label range: the mean score over the budget); the labels a strategy needs for its mean to reach
+the target strategy's final mean; and the pairwise penalty matrix of Ash et al. 2020 ("Deep Batch Active Learning
+by Diverse, Uncertain Gradient Lower Bounds", ICLR; section "Pairwise comparisons"): for strategies i and j and
+each label count (round) of a setting, a two-sided paired t-test over seeds on ``score_i - score_j`` at alpha =
+0.05; when i is significantly better, ``P[i, j] += 1 / L`` (L: the setting's number of label counts), so a row
+says how often a strategy wins, a column how often it loses, and several settings sum.
+"""
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
+
+LEVEL, ALPHA = 0.95, 0.05
+INTERVAL = "Student t interval on the mean over seeds (n - 1 degrees of freedom)"
 
 
 def _pyplot():
@@ -19,7 +38,7 @@ def _pyplot():
 
 
 def plot_learning_curve(rows: list[dict[str, Any]], metric: str, path: Path, title: str = "") -> None:
-    """Metric against labelled items for one run."""
+    """Metric against labelled items for one run; a dashed line where each stopping criterion is first met."""
     points = [(r["n_labeled"], r[metric]) for r in rows if isinstance(r.get(metric), (int, float))]
     if not points:
         return
@@ -27,87 +46,242 @@ def plot_learning_curve(rows: list[dict[str, Any]], metric: str, path: Path, tit
     fig, ax = plt.subplots(figsize=(6, 4))
     xs, ys = zip(*points)
     ax.plot(xs, ys, marker="o")
+    first = stops(rows)
+    for i, (name, n) in enumerate(first.items()):
+        ax.axvline(n, linestyle="--", color=f"C{i + 1}", label=f"{name} met" + (" (stopped)" if any(
+            r.get("stopped_by") == name for r in rows) else ""))
+    if first:
+        ax.legend(fontsize=8)
     tmp = path.with_name(path.stem + ".tmp.png")
-    _save(plt, fig, ax, metric, title, tmp, dpi=100)
+    _save(plt, fig, [ax], metric, [title], tmp, dpi=100)
     tmp.replace(path)
 
 
-def _save(plt, fig, ax, metric: str, title: str, path: Path, dpi: int) -> None:
-    ax.set_xlabel("labelled items")
-    ax.set_ylabel(metric)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
+def stops(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Each stopping criterion met in ``rows`` and the label count of the round where it was first met."""
+    first: dict[str, float] = {}
+    for r in rows:
+        for name in r.get("stop_met") or ():
+            first.setdefault(name, r["n_labeled"])
+    return first
+
+
+def _save(plt, fig, axes, metric: str, titles: list[str], path: Path, dpi: int, xlabel: str = "labelled items"):
+    for ax, title in zip(axes, titles):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(metric)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
 
 
-def aggregate(runs: dict[str, list[list[dict[str, Any]]]], metrics: Iterable[str]) -> list[dict[str, Any]]:
-    """``runs[strategy] = [rows of seed 1, rows of seed 2, ...]`` -> one row per (strategy, round) with the mean
-    and standard deviation (over seeds) of each metric and of n_labeled."""
-    table = []
-    for strategy, seeds in runs.items():
-        by_round: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for rows in seeds:
-            for row in rows:
-                by_round[row["round"]].append(row)
-        for rnd in sorted(by_round):
-            group = by_round[rnd]
-            out: dict[str, Any] = {"strategy": strategy, "round": rnd, "seeds": len(group),
-                                   "n_labeled": float(np.mean([g["n_labeled"] for g in group]))}
-            for m in metrics:
-                vals = [g[m] for g in group if isinstance(g.get(m), (int, float)) and not math.isnan(g[m])]
-                if vals:
-                    out[f"{m}_mean"] = float(np.mean(vals))
-                    out[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-            table.append(out)
-    return table
+# ------------------------------------------------------------------------------------------- statistics
+def interval(values) -> dict[str, Any] | None:
+    """Mean, sample standard deviation and the 95% Student t interval on the mean of ``values`` (std and
+    interval None for one value; None for none)."""
+    from scipy import stats
 
-
-def labels_to_reach(table: list[dict[str, Any]], metric: str, target: float,
-                    lower_is_better: bool = False) -> dict[str, float | None]:
-    """For each strategy, the smallest label count whose mean metric reaches ``target`` (at least it, or at most
-    it for an error rate such as WER when ``lower_is_better``); None if never."""
-    out: dict[str, float | None] = {}
-    for row in table:
-        s = row["strategy"]
-        out.setdefault(s, None)
-        val = row.get(f"{metric}_mean")
-        reached = val is not None and (val <= target if lower_is_better else val >= target)
-        if reached and (out[s] is None or row["n_labeled"] < out[s]):
-            out[s] = row["n_labeled"]
+    v = np.asarray(values, dtype=float)
+    if not len(v):
+        return None
+    out: dict[str, Any] = {"mean": float(v.mean()), "std": None, "ci_low": None, "ci_high": None, "n": len(v)}
+    if len(v) > 1:
+        out["std"] = float(v.std(ddof=1))
+        half = float(stats.t.ppf((1 + LEVEL) / 2, len(v) - 1)) * out["std"] / math.sqrt(len(v))
+        out["ci_low"], out["ci_high"] = out["mean"] - half, out["mean"] + half
     return out
 
 
-def markdown_table(table: list[dict[str, Any]], metrics: list[str]) -> str:
-    """Rows = label counts, columns = strategies, cells = mean ± std of each metric."""
-    strategies = list(dict.fromkeys(r["strategy"] for r in table))
-    counts = sorted({r["n_labeled"] for r in table})
-    cell = {(r["strategy"], r["n_labeled"]): r for r in table}
-    lines = []
-    for m in metrics:
-        lines.append(f"| {m} @ labels | " + " | ".join(strategies) + " |")
-        lines.append("|---:|" + "---:|" * len(strategies))
-        for n in counts:
-            vals = []
-            for s in strategies:
-                r = cell.get((s, n))
-                vals.append(f"{r[m + '_mean']:.3f} ± {r[m + '_std']:.3f}" if r and f"{m}_mean" in r else "")
-            lines.append(f"| {n:g} | " + " | ".join(vals) + " |")
-        lines.append("")
-    return "\n".join(lines)
+def auc(xs, ys) -> float:
+    """Area under ``ys`` over ``xs`` (trapezoid rule) divided by the range of ``xs``: the mean score over the
+    budget (the score itself for a single point)."""
+    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    order = np.argsort(xs, kind="stable")
+    xs, ys = xs[order], ys[order]
+    span = xs[-1] - xs[0]
+    return float(ys.mean()) if span == 0 else float(np.sum(np.diff(xs) * (ys[1:] + ys[:-1]) / 2) / span)
 
 
-def plot_compare(table: list[dict[str, Any]], metric: str, path: Path, title: str = "") -> None:
-    """One curve per strategy (mean over seeds, shaded ± one standard deviation)."""
+def labels_to_reach(xs, means, target: float, lower_is_better: bool = False) -> float | None:
+    """The smallest x whose mean reaches ``target`` (at least it; at most it for an error rate such as WER when
+    ``lower_is_better``); None if never."""
+    hits = [x for x, m in zip(xs, means) if m is not None and (m <= target if lower_is_better else m >= target)]
+    return min(hits) if hits else None
+
+
+def paired_better(a, b) -> int:
+    """Two-sided paired t-test (alpha 0.05) on ``a - b`` over pairs: 1 if a is significantly higher, -1 if lower,
+    0 if not significant (identical pairs never are; a constant non-zero difference always is)."""
+    from scipy import stats
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    sd = d.std(ddof=1)
+    if sd == 0:
+        return int(np.sign(d.mean()))
+    p = 2 * stats.t.sf(abs(d.mean()) / (sd / math.sqrt(len(d))), len(d) - 1)
+    return int(np.sign(d.mean())) if p < ALPHA else 0
+
+
+def penalty(settings: list[dict[str, dict[int, dict[Any, float]]]], lower_is_better: bool = False
+            ) -> dict[str, Any] | None:
+    """The pairwise penalty matrix summed over settings, each given as ``scores[strategy][round][seed]``:
+    ``matrix[i][j]`` is the number of settings' worth of label counts at which strategy i beat j (rows win,
+    columns lose; a fraction for one setting); ``losses`` are the column sums. None when no two strategies share
+    two seeds at any round (the test is undefined)."""
+    names = list(dict.fromkeys(n for scores in settings for n in scores))
+    matrix, counts, tested = np.zeros((len(names), len(names))), [], False
+    for scores in settings:
+        rounds = sorted({r for by_round in scores.values() for r in by_round})
+        counts.append(len(rounds))
+        for r, (a, b) in itertools.product(rounds, itertools.permutations(scores, 2)):
+            sa, sb = scores[a].get(r, {}), scores[b].get(r, {})
+            seeds = [seed for seed in sa if seed in sb]
+            if len(seeds) > 1:
+                tested = True
+                sign = paired_better([sa[x] for x in seeds], [sb[x] for x in seeds])
+                matrix[names.index(a), names.index(b)] += (sign == (-1 if lower_is_better else 1)) / len(rounds)
+    return {"strategies": names, "matrix": matrix.tolist(), "losses": matrix.sum(axis=0).tolist(),
+            "label_counts": counts} if tested else None
+
+
+def _finite(row: dict[str, Any], key: str) -> bool:
+    return isinstance(row.get(key), (int, float)) and math.isfinite(row[key])
+
+
+def summarise(runs: list[dict[str, Any]], metrics: list[str], lower_is_better: bool = False,
+              target: str | None = None) -> dict[str, Any]:
+    """Everything ``compare.json`` holds; the statistics of :mod:`this module <activelab.report>` on
+    ``metrics[0]``, mean and interval per round for every metric. ``target``: the strategy whose final mean the
+    others must reach (default ``random`` when present)."""
+    metric, xs = metrics[0], ["n_labeled"] + (["cost"] if all(_finite(r, "cost") for u in runs for r in u["rows"])
+                                               else [])
+    groups: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        groups[run["setting"]][run["strategy"]].append(run)
+    settings, every = {}, []
+    for name, by_strategy in groups.items():
+        out, scores = {}, {}
+        for strategy, seeds in by_strategy.items():
+            rounds = sorted({r["round"] for u in seeds for r in u["rows"]})
+            at = [[(u["seed"], r) for u in seeds for r in u["rows"] if r["round"] == rnd] for rnd in rounds]
+            s = out[strategy] = {"seeds": [u["seed"] for u in seeds], "rounds": rounds, "n_seeds": list(map(len, at)),
+                                 **{x: [float(np.mean([r[x] for _, r in rows])) for rows in at] for x in xs},
+                                 "metrics": {m: [interval([r[m] for _, r in rows if _finite(r, m)]) for rows in at]
+                                             for m in metrics}}
+            for x in xs:
+                per_seed = [auc(*zip(*pts)) for u in seeds
+                            if (pts := [(r[x], r[metric]) for r in u["rows"] if _finite(r, metric)])]
+                s["auc" if x == "n_labeled" else f"auc_{x}"] = {**interval(per_seed), "per_seed": per_seed} \
+                    if per_seed else None
+            scores[strategy] = {rnd: {seed: r[metric] for seed, r in rows if _finite(r, metric)}
+                                for rnd, rows in zip(rounds, at)}
+        goal = target or "random"
+        final = [(x, c["mean"]) for x, c in zip(out[goal]["n_labeled"], out[goal]["metrics"][metric]) if c] \
+            if goal in out else []
+        reach = {"strategy": goal, "score": final[-1][1], "n_labeled": final[-1][0]} if final else None
+        for s in out.values():
+            n = reach and labels_to_reach(s["n_labeled"], [c and c["mean"] for c in s["metrics"][metric]],
+                                          reach["score"], lower_is_better)
+            s["labels_to_reach"], s["ratio"] = n, n / reach["n_labeled"] if n is not None and reach["n_labeled"] \
+                else None
+        settings[name] = {"strategies": out, "target": reach, "penalty": penalty([scores], lower_is_better)}
+        every.append(scores)
+    return {"metric": metric, "metrics": metrics, "lower_is_better": lower_is_better, "confidence": LEVEL,
+            "interval": INTERVAL, "x": xs, "settings": settings,
+            "penalty": penalty(every, lower_is_better)}
+
+
+# ------------------------------------------------------------------------------------------- rendering
+def csv_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per setting, strategy and round."""
+    rows = []
+    for setting, info in summary["settings"].items():
+        for strategy, s in info["strategies"].items():
+            for k, rnd in enumerate(s["rounds"]):
+                row = {"setting": setting, "strategy": strategy, "round": rnd, "seeds": s["n_seeds"][k],
+                       **{x: s[x][k] for x in summary["x"]}}
+                for m in summary["metrics"]:
+                    c = s["metrics"][m][k] or {}
+                    row.update({f"{m}_{stat}": c.get(stat) for stat in ("mean", "std", "ci_low", "ci_high")})
+                rows.append(row)
+    return rows
+
+
+def _pm(c: dict[str, Any] | None) -> str:
+    if not c:
+        return ""
+    return f"{c['mean']:.3f}" + (f" ± {c['ci_high'] - c['mean']:.3f}" if c["ci_high"] is not None else "")
+
+
+def _matrix(p: dict[str, Any]) -> list[str]:
+    names = p["strategies"]
+    lines = ["| wins \\ loses | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines += [f"| {a} | " + " | ".join("" if i == j else f"{v:.2f}" for j, v in enumerate(p["matrix"][i])) + " |"
+              for i, a in enumerate(names)]
+    return lines + ["| losses (column sum) | " + " | ".join(f"{v:.2f}" for v in p["losses"]) + " |", ""]
+
+
+def markdown(summary: dict[str, Any], title: str, command: str) -> str:
+    metric, lower = summary["metric"], summary["lower_is_better"]
+    text = [f"# {title}", "", f"Made by: `{command}`", "",
+            f"Cells: mean ± half-width of the 95% {INTERVAL}; a cell without ± has one seed. {metric}: "
+            f"{'lower' if lower else 'higher'} is better.", ""]
+    for setting, info in summary["settings"].items():
+        strategies = info["strategies"]
+        text += [f"## {setting}", "", "seeds: " + ", ".join(f"{k} {len(s['seeds'])}" for k, s in strategies.items()),
+                 ""]
+        counts = sorted({n for s in strategies.values() for n in s["n_labeled"]})
+        for m in summary["metrics"]:
+            cell = {(k, n): c for k, s in strategies.items() for n, c in zip(s["n_labeled"], s["metrics"][m])}
+            text += [f"| {m} @ labels | " + " | ".join(strategies) + " |", "|---:|" + "---:|" * len(strategies)]
+            text += [f"| {n:g} | " + " | ".join(_pm(cell.get((k, n))) for k in strategies) + " |" for n in counts]
+            text.append("")
+        xs = summary["x"]
+        text += [f"Area under the budget curve of {metric} (per seed: trapezoid rule over labelled items"
+                 + (" or cost" if "cost" in xs else "") + ", divided by its range, i.e. the mean "
+                 f"{metric} over the budget; mean ± 95% interval over seeds):", "",
+                 "| strategy | " + " | ".join(f"AUC over {'labels' if x == 'n_labeled' else x}" for x in xs) + " |",
+                 "|---|" + "---:|" * len(xs)]
+        text += [f"| {k} | " + " | ".join(_pm(s["auc" if x == "n_labeled" else f"auc_{x}"]) for x in xs) + " |"
+                 for k, s in strategies.items()]
+        text.append("")
+        if info["target"]:
+            t = info["target"]
+            text += [f"Labels needed for the mean {metric} to reach {t['strategy']}'s final {t['score']:.3f} "
+                     f"(at {t['n_labeled']:g} labels{'; lower is better' if lower else ''}):", "",
+                     f"| strategy | labels | × {t['strategy']}'s |", "|---|---:|---:|"]
+            for k, s in strategies.items():
+                n, ratio = s["labels_to_reach"], s["ratio"]
+                text.append(f"| {k} | not reached | |" if n is None else
+                            f"| {k} | {n:g} | {'' if ratio is None else f'{ratio:.2f}x'} |")
+            text.append("")
+        text.append(f"Pairwise penalty matrix (Ash et al. 2020): at each label count a two-sided paired t-test over "
+                    f"seeds (alpha {ALPHA}) on the difference in {metric}; a significant win adds 1/L (L = "
+                    f"{(info['penalty'] or {}).get('label_counts', ['the label counts'])[0]}) to row winner, column "
+                    f"loser.")
+        text += [""] + (_matrix(info["penalty"]) if info["penalty"] else
+                        ["Not computed: the paired t-test needs at least 2 seeds shared by two strategies.", ""])
+    if len(summary["settings"]) > 1 and summary["penalty"]:
+        text += [f"## All settings: penalty matrix summed over {len(summary['penalty']['label_counts'])} settings", ""]
+        text += _matrix(summary["penalty"])
+    return "\n".join(text)
+
+
+def plot_compare(summary: dict[str, Any], path: Path, x: str = "n_labeled") -> None:
+    """One panel per setting, one curve per strategy: the mean over seeds, shaded by the 95% interval."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for strategy in dict.fromkeys(r["strategy"] for r in table):
-        rows = [r for r in table if r["strategy"] == strategy and f"{metric}_mean" in r]
-        xs = np.array([r["n_labeled"] for r in rows])
-        mean = np.array([r[f"{metric}_mean"] for r in rows])
-        std = np.array([r[f"{metric}_std"] for r in rows])
-        ax.plot(xs, mean, marker="o", markersize=3, label=f"{strategy} (n={rows[0]['seeds'] if rows else 0})")
-        ax.fill_between(xs, mean - std, mean + std, alpha=0.15)
-    ax.legend()
-    _save(plt, fig, ax, metric, title, path, dpi=110)
+    settings = summary["settings"]
+    fig, axes = plt.subplots(1, len(settings), figsize=(7 * len(settings), 4.5), squeeze=False)
+    for ax, info in zip(axes[0], settings.values()):
+        for strategy, s in info["strategies"].items():
+            pts = [(v, c) for v, c in zip(s[x], s["metrics"][summary["metric"]]) if c]
+            xs, mean = np.array([v for v, _ in pts]), np.array([c["mean"] for _, c in pts])
+            ax.plot(xs, mean, marker="o", markersize=3, label=f"{strategy} (n={len(s['seeds'])})")
+            low = np.array([c["mean"] if c["ci_low"] is None else c["ci_low"] for _, c in pts])
+            high = np.array([c["mean"] if c["ci_high"] is None else c["ci_high"] for _, c in pts])
+            ax.fill_between(xs, low, high, alpha=0.15)
+        ax.legend()
+    _save(plt, fig, axes[0], summary["metric"], list(settings), path, dpi=110,
+          xlabel="labelled items" if x == "n_labeled" else x)

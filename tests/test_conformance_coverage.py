@@ -22,7 +22,7 @@ from activelab import registry
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
 BASES = {"TaskConformance": "task", "ScorerConformance": "scorer", "SelectorConformance": "selector",
-         "OracleConformance": "oracle"}
+         "OracleConformance": "oracle", "StoppingConformance": "stopping"}
 
 
 def _base_name(node: ast.expr) -> str:

@@ -10,7 +10,8 @@ schema is made from the same pydantic models :mod:`activelab.recipe` validates w
 - the top level is :class:`activelab.recipe.Recipe` (``name``, ``seed``, ``loop``, ``strategies``, ...);
 - ``task``, ``scorer``, ``selector`` and ``oracle`` each take ``name`` from the installed components of that kind
   (an ``enum``), ``plugin`` from the plugins that offer that kind, and ``params`` from the chosen component's own
-  ``Config`` model (one ``if``/``then`` per component), so a misspelt key anywhere is flagged.
+  ``Config`` model (one ``if``/``then`` per component), so a misspelt key anywhere is flagged; ``cold_start`` is a
+  scorer (or null) and ``stopping`` a list of stopping criteria, checked the same way.
 
 What it cannot say, ``activelab validate`` still checks: that the task provides what the scorer needs, and the
 dotted keys inside ``strategies``. It is also a little stricter than pydantic's lax parsing (``epochs: "20"`` is a
@@ -183,13 +184,16 @@ def build(only: list[str] | None = None, comps: list[Component] | None = None) -
     comps = components(only) if comps is None else comps
     top = Recipe.model_json_schema()
     defs: dict[str, Any] = {k: v for k, v in top.pop("$defs", {}).items() if k != "ComponentSpec"}
-    defaults = {"task": None, "scorer": None, "selector": "topk", "oracle": "simulated"}
+    defaults = {"task": None, "scorer": None, "selector": "topk", "oracle": "simulated", "stopping": None}
+    stops = top["properties"]["stopping"]          # a list of stopping specs (the loop below makes it one spec)
     for kind in registry.KINDS:
         defs[kind] = _spec_schema(kind, [c for c in comps if c.kind == kind], defs, defaults[kind])
         top["properties"][kind] = {"$ref": f"#/$defs/{kind}"}
     cold = top["properties"]["cold_start"]
     top["properties"]["cold_start"] = {"description": cold.get("description", ""),
                                        "anyOf": [{"$ref": "#/$defs/scorer"}, {"type": "null"}], "default": None}
+    top["properties"]["stopping"] = {"description": stops.get("description", ""), "type": "array",
+                                     "items": {"$ref": "#/$defs/stopping"}, "default": []}
     names = sorted({c.plugin for c in comps})
     top.pop("title", None)
     schema = {

@@ -144,7 +144,7 @@ def kmeans_pp_gradients(probs: np.ndarray, embeddings: np.ndarray, k: int, rng: 
         cum = np.cumsum(d2)
         u = rng.random()
         if cum[-1] > 0.0:
-            i = int(np.searchsorted(cum, u * cum[-1], side="left"))
+            i = int(np.searchsorted(cum, u * cum[-1], side="right"))
         else:
             i = int(np.flatnonzero(~chosen)[int(u * (n - len(picks)))])
         picks.append(i)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Collection, Literal, Sequence, Union
+from typing import Any, Collection, Iterator, Literal, Sequence, Union
 
 import faiss
 import numpy as np
@@ -213,7 +213,7 @@ class TypiClust:
         cfg = self.config
         if len(candidates) == 0:
             return np.zeros(0)
-        labelled = list(ctx.labels)
+        labelled = sorted(ctx.labels)               # independent of the order the store hands them over
         points = pool_points(task, candidates, labelled, cfg.features, cfg.normalize)
         batch = max(0, min(int(ctx.budget), len(candidates)))
         n_clusters = min(len(labelled) + batch, cfg.max_clusters, len(points))
@@ -254,6 +254,32 @@ class DeltaGraph:
             return np.zeros(0, dtype=self.indices.dtype)
         offsets = np.repeat(starts - (np.cumsum(lens) - lens), lens)
         return self.indices[offsets + np.arange(total)]
+
+    def iter_balls(self, rows: np.ndarray, limit: int = 1 << 22) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(rows part, their concatenated balls)`` for consecutive parts of ``rows`` holding about ``limit`` edges
+        each (at least one row), so the temporaries stay bounded however many edges the rows have."""
+        rows = np.asarray(rows, dtype=np.int64)
+        ends = np.cumsum(self.indptr[rows + 1] - self.indptr[rows])
+        start = 0
+        while start < len(rows):
+            base = int(ends[start - 1]) if start else 0
+            stop = max(start + 1, int(np.searchsorted(ends, base + limit, side="right")))
+            yield rows[start:stop], self.balls(rows[start:stop])
+            start = stop
+
+    def permuted(self, rows: np.ndarray, relabel: np.ndarray) -> "DeltaGraph":
+        """The same graph with new numbers: new row ``i`` is old row ``rows[i]``, old point ``j`` is ``relabel[j]``.
+        O(E) (no distance is recomputed)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        relabel = np.asarray(relabel, dtype=self.indices.dtype)
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(self.indptr[rows + 1] - self.indptr[rows], out=indptr[1:])
+        indices = np.empty(int(indptr[-1]), dtype=self.indices.dtype)
+        at = 0
+        for _, ball in self.iter_balls(rows):
+            indices[at:at + len(ball)] = relabel[ball]
+            at += len(ball)
+        return DeltaGraph(indptr, indices)
 
 
 def delta_graph(points: np.ndarray, delta: float, max_edges: int = 10**8) -> DeltaGraph:
@@ -345,9 +371,9 @@ def max_cover(graph: DeltaGraph, n_labelled: int, n_picks: int, fallback: np.nda
         ball = graph.ball(x)
         new = ball[uncovered[ball]]
         uncovered[new] = False
-        touched = graph.balls(new)
-        np.subtract.at(gain, touched, 1)
-        key[touched] = np.where(key[touched] < 0, -1, gain[touched])
+        for _, touched in graph.iter_balls(new):
+            np.subtract.at(gain, touched, 1)
+            key[touched] = np.where(key[touched] < 0, -1, gain[touched])
         key[x] = -1
         picks[step], gains[step] = x, len(new)
     gain[:n_labelled] = 0
@@ -379,7 +405,12 @@ class ProbCover:
     coverage (before and after the batch).
 
     Cost: the graph is O(N^2 D) time (exact range search; the paper's code does the same on a GPU) and 4 bytes per
-    edge (``max_edges`` = 1e8 guards memory); each pick O(N) plus the edges it removes. Deviations, deliberate:
+    edge (``max_edges`` = 1e8 guards memory); each pick O(N) plus the edges it removes. delta and the graph are
+    computed on the rows sorted by item id and kept (with a copy of those rows) while later calls bring the same
+    items with the same features -- every round when the features are label-free and TopK scores the whole pool --
+    so a later round pays O(E + N D) for them; the results are the same as without the cache (see :meth:`graph`).
+
+    Deviations, deliberate:
 
     - delta's purity is estimated on a random sample of points for large pools, and from exact radii, not a grid.
     - Only candidates are picked; the code's argmax could return a labelled point once everything is covered.
@@ -409,6 +440,7 @@ class ProbCover:
         self.config = config or self.Config()
         self.needs: Collection[str] = frozenset({self.config.features})
         self.stats: dict[str, float] = {}
+        self._cache: dict[Any, Any] = {}
 
     def n_classes(self, task: Task) -> int:
         if self.config.purity_clusters is not None:
@@ -430,16 +462,42 @@ class ProbCover:
         queries = np.arange(n) if n <= cfg.purity_sample else np.sort(rng.choice(n, cfg.purity_sample, replace=False))
         return purity_delta(nearest_other_class(points, classes, queries), cfg.alpha)
 
+    def graph(self, task: Task, points: np.ndarray, ids: Sequence[ItemId], seed: int) -> tuple[DeltaGraph, float]:
+        """delta and the delta-ball graph over ``points`` (rows in the order of ``ids``).
+
+        Both are computed on the rows sorted by item id, so they depend on the set of items only (not on which are
+        labelled, nor on the order of ``ctx.labels``): a resumed run gets what an uninterrupted one got. They are
+        kept, with the sorted rows, until a call brings another set of items or other features."""
+        cfg = self.config
+        canon = np.array(sorted(range(len(ids)), key=ids.__getitem__), dtype=np.int64)
+        sorted_ids = [ids[i] for i in canon]
+        rows = points[canon]
+        cache = self._cache
+        if cache.get("ids") != sorted_ids or not np.array_equal(cache["points"], rows):
+            cache = self._cache = {"ids": sorted_ids, "points": rows}
+        if cfg.delta == "auto":
+            key = ("delta", seed, self.n_classes(task))
+            if key not in cache:
+                cache[key] = self.choose_delta(rows, key[2], seed)
+            delta = cache[key]
+        else:
+            delta = float(cfg.delta)
+        if cache.get("graph_delta") != delta:
+            cache.pop("graph", None)
+            cache["graph"], cache["graph_delta"] = delta_graph(rows, delta, cfg.max_edges), delta
+        place = np.empty(len(ids), dtype=np.int64)
+        place[canon] = np.arange(len(ids))
+        return cache["graph"].permuted(place, canon), delta
+
     def score(self, task: Task, candidates: Sequence[ItemId], ctx: Context) -> np.ndarray:
         cfg = self.config
         m = len(candidates)
         if m == 0:
             return np.zeros(0)
-        labelled = list(ctx.labels)
+        labelled = sorted(ctx.labels)
         n_lab = len(labelled)
         points = pool_points(task, candidates, labelled, cfg.features, cfg.normalize)
-        delta = self.choose_delta(points, self.n_classes(task), ctx.seed) if cfg.delta == "auto" else cfg.delta
-        graph = delta_graph(points, delta, cfg.max_edges)
+        graph, delta = self.graph(task, points, labelled + list(candidates), ctx.seed)
         order = ctx.rng("probcover").permutation(m)
         n_picks = max(0, min(int(ctx.budget), m))
         picks, gains, gain, uncovered = max_cover(graph, n_lab, n_picks, order + n_lab)
@@ -451,7 +509,8 @@ class ProbCover:
         scores[picked] = 0.0
         top = scores.max() + 1.0
         scores[picked] = top + np.arange(n_picks - 1, -1, -1, dtype=np.float64)
-        covered_after = 1.0 - uncovered.mean()
+        n_uncovered = int(uncovered.sum())
         self.stats = {"delta": float(delta), "edges": float(graph.n_edges),
-                      "coverage_before": covered_after - gains.sum() / len(points), "coverage": covered_after}
+                      "coverage_before": (len(points) - n_uncovered - int(gains.sum())) / len(points),
+                      "coverage": (len(points) - n_uncovered) / len(points)}
         return scores

@@ -4,6 +4,7 @@ from .conformance import (
     OracleConformance,
     ScorerConformance,
     SelectorConformance,
+    StoppingConformance,
     TaskConformance,
     fitted_toy_task,
     make_context,
@@ -12,5 +13,5 @@ from .conformance import (
 )
 from .toy import ToyNet, ToyTask
 
-__all__ = ["OracleConformance", "ScorerConformance", "SelectorConformance", "TaskConformance", "ToyNet", "ToyTask",
-           "fitted_toy_task", "make_context", "predictions", "true_labels"]
+__all__ = ["OracleConformance", "ScorerConformance", "SelectorConformance", "StoppingConformance", "TaskConformance",
+           "ToyNet", "ToyTask", "fitted_toy_task", "make_context", "predictions", "true_labels"]

@@ -1,6 +1,7 @@
 """The conformance kit, for the core's own tests and for third-party plugin authors.
 
-- ``ScorerConformance``, ``SelectorConformance``, ``OracleConformance``, ``TaskConformance``: pytest-style classes
+- ``ScorerConformance``, ``SelectorConformance``, ``StoppingConformance``, ``OracleConformance``,
+  ``TaskConformance``: pytest-style classes
   with the standard checks. Subclass one in a test module under a ``Test*`` name and give it a factory::
 
       from activelab.testing import ScorerConformance
@@ -46,8 +47,10 @@ from activelab.protocol import (
     Scorer,
     Selector,
     Skip,
+    StoppingCriterion,
     Task,
     Undo,
+    Verdict,
     collect_scores,
     rng_for,
 )
@@ -267,6 +270,73 @@ class SelectorConformance(_Covers):
         assert selector.candidates([], ctx) == []
         assert list(selector.select([], iter([np.zeros(0)]), self.k, ctx)) == []
         assert list(selector.select([], None, self.k, ctx)) == []
+
+
+class StoppingConformance(_Covers):
+    """Standard checks for a stopping criterion. Define ``make_criterion``; override ``make_task`` for another task."""
+
+    _kind = "stopping"
+    n_labels = 20
+
+    def _make_component(self):
+        return self.make_criterion()
+
+    def make_criterion(self) -> StoppingCriterion:
+        raise NotImplementedError
+
+    def make_task(self):
+        return fitted_toy_task(self.n_labels)
+
+    def setting(self, task, round=1):
+        ids = list(task.pool_ids())
+        labels = true_labels(task, ids[: self.n_labels])
+        return Candidates(ids, np.arange(self.n_labels, len(ids))), make_context(labels, round=round, seed=7)
+
+    def two_rounds(self, criterion, task):
+        """Round 0 then round 1 on the same model, the state passed through JSON as the loop stores it."""
+        unlabelled, ctx0 = self.setting(task, round=0)
+        first = criterion.update(task, unlabelled, None, ctx0)
+        state = json.loads(json.dumps(first.state, allow_nan=False))
+        return first, criterion.update(task, unlabelled, state, self.setting(task, round=1)[1])
+
+    def test_is_a_stopping_criterion_with_a_strict_config(self):
+        criterion = self.make_criterion()
+        assert isinstance(criterion, StoppingCriterion)
+        assert isinstance(criterion.end_loop, bool)
+        _assert_config_forbids_extras(criterion)
+
+    def test_task_provides_what_it_needs(self):
+        assert set(self.make_criterion().needs) <= set(self.make_task().outputs)
+
+    def test_verdicts_are_json_and_reproducible(self):
+        runs = [self.two_rounds(self.make_criterion(), self.make_task()) for _ in range(2)]
+        for verdict in runs[0]:
+            assert isinstance(verdict, Verdict) and isinstance(verdict.met, bool)
+            assert verdict.values and all(k.startswith("stop_") for k in verdict.values)
+            json.dumps({"values": verdict.values, "state": verdict.state}, allow_nan=False)
+        assert runs[0] == runs[1]
+
+    def test_positions_and_ids_judge_alike(self):
+        """The unlabelled items as positions (what the loop passes) and as a plain list of ids judge the same."""
+        task = self.make_task()
+        unlabelled, ctx = self.setting(task)
+        state = None
+        for r in range(2):
+            as_rows = self.make_criterion().update(task, unlabelled, state, ctx)
+            as_ids = self.make_criterion().update(task, list(unlabelled), state, ctx)
+            assert as_rows.values.keys() == as_ids.values.keys() and as_rows.met == as_ids.met
+            for key, value in as_rows.values.items():
+                assert value == as_ids.values[key] if value is None else np.isclose(value, as_ids.values[key])
+            state = as_rows.state
+
+    def test_judging_leaves_the_model_as_it_was(self):
+        task = self.make_task()
+        unlabelled, _ = self.setting(task)
+        before = predictions(task, unlabelled, {PROBS, EMBEDDINGS})
+        self.two_rounds(self.make_criterion(), task)
+        after = predictions(task, unlabelled, {PROBS, EMBEDDINGS})
+        for name in before:
+            np.testing.assert_array_equal(before[name], after[name])
 
 
 class OracleConformance(_Covers):

@@ -19,7 +19,8 @@ MARKER = "<!-- activelab:recipe-reference -->"
 PAGE = "reference/recipes.md"
 log = logging.getLogger("mkdocs.hooks.recipe_reference")
 
-KIND_TITLES = {"task": "Tasks", "scorer": "Scorers", "selector": "Selectors", "oracle": "Oracles"}
+KIND_TITLES = {"task": "Tasks", "scorer": "Scorers", "selector": "Selectors", "oracle": "Oracles",
+               "stopping": "Stopping criteria"}
 
 
 # ------------------------------------------------------------------------------------------ JSON schema -> text
@@ -138,11 +139,15 @@ def render() -> str:
     component_help = {"task": "the task: data, model, training (see Tasks)",
                       "scorer": "ranks the candidates: higher = ask first (see Scorers)",
                       "selector": "turns scores into a batch (see Selectors)",
-                      "oracle": "answers the queries (see Oracles)"}
+                      "oracle": "answers the queries (see Oracles)",
+                      "cold_start": "a scorer that chooses the first batch instead of random items (see Scorers)",
+                      "stopping": "a list of stopping criteria, each reported every round (see Stopping criteria)"}
     for name, node in top["properties"].items():
         if name in component_help:
-            default = {"selector": '`{"name": "topk"}`', "oracle": '`{"name": "simulated"}`'}.get(name, "**required**")
-            lines.append(f"| `{name}` | `{{name, plugin, params}}` | {default} | {component_help[name]} |")
+            default = {"selector": '`{"name": "topk"}`', "oracle": '`{"name": "simulated"}`', "cold_start": "`null`",
+                       "stopping": "`[]`"}.get(name, "**required**")
+            shape = "list of `{name, plugin, params}`" if name == "stopping" else "`{name, plugin, params}`"
+            lines.append(f"| `{name}` | {shape} | {default} | {component_help[name]} |")
             continue
         lines.extend(rows({"properties": {name: node}, "required": top.get("required", [])}, defs))
     lines += ["", "## Installed plugins", "", "| plugin | description | registered by |", "|---|---|---|"]

@@ -14,6 +14,24 @@ and calls :meth:`ClassificationTask.fit`, which
 All randomness of a fit (initialisation, shuffling, dropout) is drawn from generators seeded by
 (seed, round), inside :func:`activelab.torchkit.seeded`, so the same labels and state give bit-identical weights on
 the CPU and the global torch RNG is left as it was.
+
+Besides the classifier's ``probs`` and ``embeddings``, ``predict`` yields ``features``: a representation of the pool
+learnt without labels (``task.params.features``: SimCLR by default, or PCA, or the pixels; see :mod:`.features`).
+It is computed once per run, on first request, before any fit if a cold-start strategy asks for it in round 0,
+and cached in the run folder (``<run_dir>/features/``), so a resumed run reads the same features; fits never change
+it. Under ``mc`` it comes without the sample axis, (B, D), as it does not vary between members; asked for alone,
+the classifier is not run at all.
+
+``model: linear_probe`` classifies on that representation: the classifier is dropout (``dropout``) and one linear
+layer on the FROZEN features (:class:`~.models.LinearProbe`), so strategies are compared on a model that starts from
+a good label-free representation instead of from scratch. The encoder (or PCA projection) is fitted once per run on
+the pool alone and never trained by ``fit``; the held-out test split is embedded by the same frozen map (computed
+once, kept in memory). ``fit`` trains only the head, on the labelled items' features (and CEAL's pseudo-labels when
+enabled): full-batch Adam, ``probe.steps`` steps at ``probe.lr`` (the CNNs' ``lr``, ``epochs``, ``min_steps``,
+``batch_size``, ``optimizer`` and ``bootstrap_epochs`` do not apply), seeded like every fit. ``embeddings`` are the
+frozen features (the head's input), ``probs`` the head's softmax; MC dropout, batchwise and bootstrap committees
+work as for the CNNs. The checkpoint holds the head and pins the representation by its cache key; the
+representation itself stays in the features cache.
 """
 from __future__ import annotations
 
@@ -32,11 +50,24 @@ from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import accuracy_score, f1_score
 from tqdm.auto import tqdm
 
-from activelab.protocol import BOOTSTRAP, EMBEDDINGS, MC, MC_DROPOUT, PROBS, Context, Env, ItemId, rng_for, seed_for
+from activelab.protocol import (
+    BOOTSTRAP,
+    EMBEDDINGS,
+    FEATURES,
+    MC,
+    MC_DROPOUT,
+    PROBS,
+    Context,
+    Env,
+    ItemId,
+    rng_for,
+    seed_for,
+)
 from activelab.torchkit import ItemIndex, build_optimizer, check, checkpoint, mc_dropout, restore, seeded
 
 from .ceal import ceal_delta, entropy, high_confidence
 from .datasets import DataConfig, load_data
+from .features import FeaturesConfig, PoolFeatures
 from .models import build_model
 
 
@@ -51,11 +82,25 @@ class PseudoLabelConfig(BaseModel):
     max_fraction: float | None = Field(None, gt=0, le=1)   # cap: at most this fraction of the unlabelled pool
 
 
+class ProbeConfig(BaseModel):
+    """How ``model: linear_probe`` trains its head: full-batch Adam on the frozen features of the labelled (and
+    pseudo-labelled) items. The defaults were measured on digits: the CNNs' lr 1e-3 and 100 steps leave the head
+    far from converged (unit-norm features give small logits), lr 0.01 and 500 steps do not (under a second)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(0.01, gt=0, description="Adam's learning rate for the probe's head")
+    steps: int = Field(500, ge=1, description="full-batch Adam steps per fit (and per bootstrap member)")
+    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay of the probe's head")
+
+
 class ClassificationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: DataConfig = Field(default_factory=DataConfig)
-    model: Literal["small_cnn", "resnet18"] = "small_cnn"
+    model: Literal["small_cnn", "resnet18", "linear_probe"] = Field("small_cnn", description=(
+        "small_cnn (default), resnet18 (no pretrained weights), or linear_probe: dropout and a linear layer on the "
+        "frozen label-free features (see 'features' and 'probe')"))
     epochs: int = Field(20, ge=1)           # passes over labelled + pseudo-labelled items per fit
     min_steps: int = Field(100, ge=0)       # at least this many optimiser steps per fit (tiny labelled sets)
     batch_size: int = Field(32, ge=1)
@@ -68,18 +113,24 @@ class ClassificationConfig(BaseModel):
     pseudo_label: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
     bootstrap_epochs: int | None = Field(None, ge=1)   # fit_bootstrap members; default: half of epochs
     eval_batch_size: int = Field(512, ge=1)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig, description=(
+        "the label-free representation of the pool (the task's 'features' output, for cold-start strategies): "
+        "simclr (default), pca or pixels; computed once per run on first request and cached in the run folder; "
+        "the representation model: linear_probe classifies on"))
+    probe: ProbeConfig = Field(default_factory=ProbeConfig, description=(
+        "model: linear_probe only: how its head is trained (full-batch Adam; lr, epochs, min_steps, batch_size and "
+        "optimizer are the CNNs')"))
 
 
 MC_MODES = ("dropout", "batchwise", "bootstrap")
-
-
+PROBE = "linear_probe"
 
 class ClassificationTask:
     """CEAL image classification on digits, an image folder, a saved Hugging Face dataset, MNIST or
-    Fashion-MNIST; a small CNN or ResNet-18."""
+    Fashion-MNIST; a small CNN, ResNet-18 or a linear probe on the label-free features."""
 
     Config = ClassificationConfig
-    outputs = frozenset({PROBS, EMBEDDINGS, MC_DROPOUT, BOOTSTRAP})
+    outputs = frozenset({PROBS, EMBEDDINGS, FEATURES, MC_DROPOUT, BOOTSTRAP})
     primary_metric = "accuracy"
     metrics = ("accuracy", "macro_f1", "n_train", "n_pseudo", "train_loss", "delta", "pseudo_accuracy")
     query_type = "pool"
@@ -97,23 +148,49 @@ class ClassificationTask:
         self._mean = images.mean(dim=(0, 2, 3), keepdim=True)
         self._std = images.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
         self._preview_dir: Path | None = None
+        cache = Path(env.run_dir) / "features" if env.run_dir is not None else None
+        self.pool_features = PoolFeatures(config.features, self.pool.images, self._mean, self._std, env.seed,
+                                          self.device, cache, self.data_fingerprint, progress=env.progress,
+                                          batch_size=config.eval_batch_size)
+        self._test_features: np.ndarray | None = None
         self.model = self._new_model(seed_for(env.seed, "vision-init"))
         self.optimizer = self._new_optimizer(self.model)
         self.fitted = False
         self.members: list[torch.nn.Module] = []
 
     # ------------------------------------------------------------------------------------------ building
+    @property
+    def probe(self) -> bool:
+        """True for ``model: linear_probe`` (the classifier reads the frozen features, not the images)."""
+        return self.cfg.model == PROBE
+
     def _new_model(self, seed: int) -> torch.nn.Module:
         channels, size = self.pool.images.shape[1], self.pool.images.shape[-1]
         with seeded(seed):
-            model = build_model(self.cfg.model, channels, len(self.classes), size, self.cfg.dropout)
+            model = build_model(self.cfg.model, channels, len(self.classes), size, self.cfg.dropout,
+                                feature_dim=self.pool_features.dim)
         return model.to(self.device)
 
     def _new_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        if self.probe:
+            return build_optimizer(model.parameters(), "adam", lr=self.cfg.probe.lr,
+                                   weight_decay=self.cfg.probe.weight_decay)
         return build_optimizer(model.parameters(), self.cfg.optimizer, lr=self.cfg.lr,
                                weight_decay=self.cfg.weight_decay, momentum=self.cfg.momentum)
 
-    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
+    def test_features(self) -> np.ndarray:
+        """The test split's features by the pool's frozen encoder or projection (computed once, kept in memory)."""
+        if self._test_features is None:
+            self._test_features = self.pool_features.embed(self.test.images)
+        return self._test_features
+
+    def _inputs(self, positions: np.ndarray, split: str = "pool") -> torch.Tensor:
+        """The model's inputs for the items at ``positions`` of ``split`` ("pool" or "test"): the normalised images,
+        or for the linear probe their frozen features."""
+        if self.probe:
+            rows = self.pool_features.rows(positions) if split == "pool" else self.test_features()[positions]
+            return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(self.device)
+        images = (self.pool if split == "pool" else self.test).images[torch.from_numpy(positions)]
         return ((images - self._mean) / self._std).to(self.device)
 
     # ------------------------------------------------------------------------------------------ protocol
@@ -173,9 +250,12 @@ class ClassificationTask:
 
     def _train(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, positions: np.ndarray,
                y: np.ndarray, epochs: int, seed: int, desc: str = "fit", progress: bool = False) -> float:
-        """Mini-batch training; returns the mean loss of the last epoch."""
+        """Mini-batch training (the probe: full-batch, see :meth:`_train_probe`); returns the mean loss of the last
+        epoch."""
+        if self.probe:
+            return self._train_probe(model, optimizer, positions, y, seed, desc, progress)
         n = len(y)
-        x = self._inputs(self.pool.images[torch.from_numpy(positions)])
+        x = self._inputs(positions)
         target = torch.from_numpy(y).to(self.device)
         bs = self.cfg.batch_size
         steps = max(1, math.ceil(n / bs))
@@ -202,10 +282,28 @@ class ClassificationTask:
         model.eval()
         return last
 
+    def _train_probe(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, positions: np.ndarray,
+                     y: np.ndarray, seed: int, desc: str = "fit", progress: bool = False) -> float:
+        """The linear probe's head: ``probe.steps`` full-batch Adam steps on the frozen features (the map that
+        computed them is not touched: no gradient reaches it); returns the last step's loss."""
+        x = self._inputs(positions)
+        target = torch.from_numpy(y).to(self.device)
+        model.train()
+        loss = torch.tensor(float("nan"))
+        with seeded(seed, self.device):      # dropout masks
+            for _ in tqdm(range(self.cfg.probe.steps), desc=desc, unit="step", disable=not progress, leave=False):
+                loss = F.cross_entropy(model(x), target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        model.eval()
+        return float(loss.detach())
+
     def fit_bootstrap(self, labels: Mapping[ItemId, Any], n: int, seed: int) -> None:
         """Train ``n`` members from scratch, each on a bootstrap resample (with replacement, as many draws as
         labels) of the labelled set, without pseudo-labels, for ``bootstrap_epochs`` (default: half of
-        ``epochs``; ``min_steps`` still applies). They serve ``predict(..., mc=MC(mode="bootstrap"))``."""
+        ``epochs``; ``min_steps`` still applies; the linear probe: ``probe.steps``). They serve
+        ``predict(..., mc=MC(mode="bootstrap"))``."""
         if n < 1:
             raise ValueError("fit_bootstrap needs n >= 1")
         positions, y = self._labelled(labels)
@@ -232,31 +330,43 @@ class ClassificationTask:
         return self._predict_positions(self.items.positions(ids), set(want), mc)
 
     def _predict_positions(self, positions: np.ndarray, want: set[str], mc: MC | None,
-                           images: torch.Tensor | None = None) -> Iterator[dict[str, np.ndarray]]:
-        images = self.pool.images if images is None else images
+                           split: str = "pool") -> Iterator[dict[str, np.ndarray]]:
+        if FEATURES in want and split != "pool":
+            raise ValueError("the features output exists for the pool's items only")
         models = self.members[: mc.samples] if mc is not None and mc.mode == "bootstrap" else [self.model]
         for model in models:
             model.eval()
         bs = self.cfg.eval_batch_size
         for n, start in enumerate(range(0, len(positions), bs)):
-            chunk = torch.from_numpy(positions[start:start + bs])
-            with torch.inference_mode():
-                x = self._inputs(images[chunk])
-                if mc is None:
-                    h = self.model.features(x)
-                    out = self._outputs(h[None], self.model.classify(h)[None], want, squeeze=True)
-                elif mc.mode == "bootstrap":
-                    hs = [m.features(x) for m in models]
-                    out = self._outputs(torch.stack(hs), torch.stack([m.classify(h) for m, h in zip(models, hs)]),
-                                        want)
-                else:
-                    # dropout sits only in the head: features once, the head T times. The block is closed before
-                    # the yield, so the model is never left in MC mode while the caller holds this generator.
-                    h = self.model.features(x)
-                    with mc_dropout(self.model, mc.mode, mc.seed, chunk=n) as drop:
-                        logits = torch.stack([self.model.classify(h) for _ in drop.members(mc.samples)])
-                    out = self._outputs(h.expand(mc.samples, *h.shape), logits, want)
+            chunk = positions[start:start + bs]
+            if not want & {PROBS, EMBEDDINGS}:      # features only: the classifier is not run
+                out = {}
+            else:
+                out = self._model_outputs(split, chunk, n, want, models, mc)
+            if FEATURES in want:                    # label-free, the same every round: no sample axis under mc
+                out[FEATURES] = self.pool_features.rows(positions[start:start + bs])
             yield out
+
+    def _model_outputs(self, split: str, chunk: np.ndarray, n: int, want: set[str],
+                       models: list[torch.nn.Module], mc: MC | None) -> dict[str, np.ndarray]:
+        """The classifier's outputs (probs, embeddings) for one chunk of positions of ``split`` (the ``n``-th)."""
+        x = self._inputs(chunk, split)          # the probe's features are computed (once) outside inference mode
+        with torch.inference_mode():
+            if mc is None:
+                h = self.model.features(x)
+                out = self._outputs(h[None], self.model.classify(h)[None], want, squeeze=True)
+            elif mc.mode == "bootstrap":
+                hs = [m.features(x) for m in models]
+                out = self._outputs(torch.stack(hs), torch.stack([m.classify(h) for m, h in zip(models, hs)]),
+                                    want)
+            else:
+                # dropout sits only in the head: features once, the head T times. The block is closed before
+                # the yield, so the model is never left in MC mode while the caller holds this generator.
+                h = self.model.features(x)
+                with mc_dropout(self.model, mc.mode, mc.seed, chunk=n) as drop:
+                    logits = torch.stack([self.model.classify(h) for _ in drop.members(mc.samples)])
+                out = self._outputs(h.expand(mc.samples, *h.shape), logits, want)
+        return out
 
     @staticmethod
     def _outputs(h: torch.Tensor, logits: torch.Tensor, want: set[str], squeeze: bool = False) -> dict[str, np.ndarray]:
@@ -272,7 +382,7 @@ class ClassificationTask:
 
     def evaluate(self) -> Mapping[str, float]:
         positions = np.arange(len(self.test), dtype=np.int64)
-        chunks = [out[PROBS] for out in self._predict_positions(positions, {PROBS}, None, self.test.images)]
+        chunks = [out[PROBS] for out in self._predict_positions(positions, {PROBS}, None, "test")]
         predicted = np.concatenate(chunks).argmax(axis=1)
         truth = self.test.labels
         return {"accuracy": float(accuracy_score(truth, predicted)),
@@ -347,7 +457,10 @@ class ClassificationTask:
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _matches(self) -> dict[str, Any]:
-        return {"classes": list(self.classes), "pool_size": len(self.pool)}
+        matches: dict[str, Any] = {"classes": list(self.classes), "pool_size": len(self.pool)}
+        if self.probe:      # the head reads the cached representation: pin it (it is not in the checkpoint)
+            matches["representation"] = f"{self.cfg.features.kind}-{self.pool_features.key}"
+        return matches
 
     def state_dict(self) -> dict[str, Any]:
         return checkpoint(matches=self._matches(), model=self.model, optimizer=self.optimizer, members=self.members,

@@ -1,8 +1,11 @@
-"""The classifiers: a small CNN (default) and torchvision's ResNet-18 trained from scratch.
+"""The classifiers: a small CNN (default), torchvision's ResNet-18 trained from scratch, and a linear probe on a
+frozen representation computed outside the model.
 
-Both split into ``features(x)`` (the penultimate representation, returned as embeddings) and ``classify(h)``
+All three split into ``features(x)`` (the penultimate representation, returned as embeddings) and ``classify(h)``
 (dropout, then the linear classifier), so ``forward(x) == classify(features(x))``. Dropout sits only in front of
 the classifier, as in CEAL's AlexNet-style heads; MC-dropout committees therefore differ only in the head.
+:class:`LinearProbe` is that head alone: its input is already the representation (the task's label-free
+``features``), so ``features`` is the identity and the linear layer is the model's last and only layer.
 """
 from __future__ import annotations
 
@@ -76,12 +79,41 @@ class ResNet18(nn.Module):
         return self.classify(self.features(x))
 
 
-MODELS = {"small_cnn", "resnet18"}
+class LinearProbe(nn.Module):
+    """Dropout and a linear classifier on feature vectors that a frozen encoder (or projection) computed outside.
+
+    ``features(h)`` is the identity: the embeddings are the frozen features themselves, the input of the linear
+    layer (so gradient embeddings built from them, BADGE's, are exact). Only ``fc`` has weights.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, dropout: float = 0.5):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_features, num_classes)
+        self.embedding_dim = in_features
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def classify(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(h))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(x))
 
 
-def build_model(name: str, in_channels: int, num_classes: int, image_size: int, dropout: float) -> nn.Module:
+MODELS = {"small_cnn", "resnet18", "linear_probe"}
+
+
+def build_model(name: str, in_channels: int, num_classes: int, image_size: int, dropout: float,
+                feature_dim: int | None = None) -> nn.Module:
+    """The classifier ``name``; ``linear_probe`` needs ``feature_dim``, the width of the features it reads."""
     if name == "small_cnn":
         return SmallCNN(in_channels, num_classes, dropout)
     if name == "resnet18":
         return ResNet18(in_channels, num_classes, dropout, image_size)
+    if name == "linear_probe":
+        if feature_dim is None:
+            raise ValueError("linear_probe needs feature_dim, the width of its input features")
+        return LinearProbe(feature_dim, num_classes, dropout)
     raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")

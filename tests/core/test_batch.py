@@ -167,12 +167,14 @@ def test_badge_degenerate_pools_still_give_distinct_picks():
         assert np.all(np.isfinite(scores))
         top = order_of(scores)[:5]
         assert len(set(top.tolist())) == 5 and np.all(np.diff(scores[top]) < 0)
-    # a duplicate of a centre is not drawn while other points remain
-    probs = np.array([[0.5, 0.5], [0.5, 0.5], [0.9, 0.1], [0.2, 0.8]])
-    emb = np.array([[3.0, 0.0], [3.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-    for s in range(20):
-        picks, _ = kmeans_pp_gradients(probs, emb, 3, rng_for(s))
-        assert picks[0] == 0 and 1 not in picks
+    # every point twice: a duplicate of a centre is at distance exactly 0 (not a rounding residual, which can be
+    # negative or positive) so it is never drawn while other points remain
+    rng = np.random.default_rng(0)
+    probs, emb = rng.dirichlet(np.ones(5), size=30), rng.normal(size=(30, 7)).astype(np.float32)
+    for s in range(3):
+        picks, dist = kmeans_pp_gradients(np.concatenate([probs, probs]), np.concatenate([emb, emb]), 30, rng_for(s))
+        assert sorted(p % 30 for p in picks) == list(range(30))
+        assert np.all(dist == 0.0)
 
 
 @pytest.mark.parametrize("scorer", [BADGE(), ClusterMargin()], ids=["badge", "cluster_margin"])
@@ -279,6 +281,34 @@ def test_round_robin_visits_clusters_by_size_then_uncertainty():
     assert sorted(picks) == list(range(7))
     assert round_robin(labels, priority, 0, rng_for(0)) == []
     assert len(round_robin(labels, priority, 3, rng_for(0))) == 3
+
+
+def test_average_linkage_matches_scipy_and_the_subsample_keeps_its_clusters(monkeypatch):
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    def same_partition(a, b):
+        return len(set(zip(a, b))) == len(set(a)) == len(set(b))
+
+    points = np.random.default_rng(2).uniform(size=(200, 2))
+    want = fcluster(linkage(points[:60], method="average"), 8, criterion="maxclust")
+    assert same_partition(average_linkage_clusters(points[:60], 8, None, 100, rng_for(0)).tolist(), want.tolist())
+    # above max_points, the points that went through HAC keep the clusters HAC gave them
+    import sklearn.cluster
+
+    seen = []
+    real = sklearn.cluster.AgglomerativeClustering
+
+    class Recording(real):
+        def fit(self, x, y=None):
+            fitted = super().fit(x, y)
+            seen.append((np.array(x), fitted.labels_.copy()))
+            return fitted
+
+    monkeypatch.setattr(sklearn.cluster, "AgglomerativeClustering", Recording)
+    labels = average_linkage_clusters(points, 8, None, 60, rng_for(0))
+    (x, hac), = seen
+    rows = [int(np.flatnonzero((points == row).all(1))[0]) for row in x]
+    assert same_partition(labels[rows].tolist(), hac.tolist())
 
 
 def test_average_linkage_is_bounded_by_max_points(monkeypatch):

@@ -275,3 +275,26 @@ def test_config_and_needs():
         BatchBALD.Config(samples=1)
     defaults = BatchBALD.Config()
     assert (defaults.samples, defaults.num_configs, defaults.prefilter) == (20, 10000, 1000)
+
+
+def test_torch_probabilities_from_the_task_are_accepted():
+    probs = random_probs(k=4, n=12, c=3, seed=53)
+
+    class TorchTask(FixedMCTask):
+        def predict(self, ids, want, mc=None):
+            for out in super().predict(ids, want, mc):
+                yield {PROBS: torch.from_numpy(out[PROBS])}
+
+    scorer = BatchBALD(BatchBALD.Config(samples=4), ENV)
+    ctx = make_context(round=1, seed=7, budget=3)
+    task = TorchTask(probs)
+    np.testing.assert_array_equal(scorer.score(task, Candidates(task.pool_ids()), ctx), score_with(scorer, probs, 3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_joint_entropies_match_the_cpu():
+    probs = random_probs(k=8, n=200, c=10, seed=54)
+    cpu = batchbald_greedy(probs, 6, rng=np.random.default_rng(0))
+    gpu = batchbald_greedy(probs, 6, rng=np.random.default_rng(0), device="cuda")
+    assert gpu.picks.tolist() == cpu.picks.tolist()
+    np.testing.assert_allclose(gpu.gains, cpu.gains, rtol=1e-9)

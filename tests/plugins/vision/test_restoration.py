@@ -472,7 +472,8 @@ def test_tiny_compare_of_ondemand_rigid_and_fixated(tmp_path, capsys):
                  "--out", str(out), "--metrics", "psnr_mean,psnr_level5", "-q"])
     assert code == 0, capsys.readouterr().err
     table = json.loads((out / "compare.json").read_text())
-    assert {r["strategy"] for r in table} == {"ondemand", "rigid", "fixated_5", "staged", "cumulative"}
+    (setting,) = table["settings"].values()
+    assert set(setting["strategies"]) == {"ondemand", "rigid", "fixated_5", "staged", "cumulative"}
     fixated = [json.loads(line) for line in (out / "fixated_5" / "seed_0" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["n_level5"] == r["n_train"] == 60 for r in fixated)
     staged = [json.loads(line) for line in (out / "staged" / "seed_0" / "metrics.jsonl").read_text().splitlines()]
