@@ -520,6 +520,6 @@ class PoolFeatures:
         try:
             return save_cache(self.cache_dir, name, self.key, array, meta)
         except OSError as exc:      # the features are right, only not kept: a resumed run computes them again
-            warnings.warn(f"cannot cache the {self.cfg.kind} {what} in {self.cache_dir} "
-                          f"({exc.strerror or exc}); a resumed run will compute them again", stacklevel=3)
+            warnings.warn(f"cannot cache the {self.cfg.kind} {what} in {self.cache_dir} ({exc.strerror or exc}); "
+                          f"a resumed run will compute {'them' if what == 'features' else 'it'} again", stacklevel=3)
             return None

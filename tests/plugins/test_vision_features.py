@@ -1,5 +1,6 @@
 """The vision classification task's label-free ``features`` output: SimCLR, PCA and pixels, the NT-Xent loss, the
-augmentations, and the per-run cache (reused, keyed, rebuilt when stale or corrupt, written atomically)."""
+augmentations, the frozen map that embeds any image (the encoder, the projection), and the per-run cache of
+features and map (reused, keyed, rebuilt when stale or corrupt, written atomically)."""
 from __future__ import annotations
 
 import json
@@ -37,18 +38,35 @@ def labels_of(task: ClassificationTask, n: int) -> dict[str, int]:
     return {i: task.true_label(i) for i in task.pool_ids()[:n]}
 
 
-@pytest.fixture()
-def spy(monkeypatch):
-    """Counts the calls of the SimCLR trainer (and still trains)."""
+def counting(monkeypatch, name: str) -> list:
+    """Counts the calls of ``vf.<name>`` (which still runs)."""
     calls = []
-    real = vf.train_simclr
+    real = getattr(vf, name)
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(vf, "train_simclr", counted)
+    monkeypatch.setattr(vf, name, counted)
     return calls
+
+
+@pytest.fixture()
+def spy(monkeypatch):
+    """Counts the calls of the SimCLR trainer (and still trains)."""
+    return counting(monkeypatch, "train_simclr")
+
+
+@pytest.fixture()
+def pca_spy(monkeypatch):
+    """Counts the PCA fits."""
+    return counting(monkeypatch, "fit_pca")
+
+
+def features_file(folder, kind="simclr"):
+    """The features' cache file in ``folder`` (not the map's)."""
+    [npy] = [p for p in folder.glob(f"{kind}-*.npy") if p.stem.count("-") == 1]
+    return npy
 
 
 # ----------------------------------------------------------------------------------------------- NT-Xent, views
@@ -160,19 +178,71 @@ def test_pixel_features_are_the_flattened_images(tmp_path):
     np.testing.assert_allclose(unit, flat / np.linalg.norm(flat, axis=1, keepdims=True), atol=1e-6)
 
 
+# ----------------------------------------------------------------------------------------------- the frozen map
+@pytest.mark.parametrize("kind", ["simclr", "pca", "pixels"])
+def test_the_map_embeds_other_images_as_it_embeds_the_pool(kind):
+    features = {"simclr": TINY_SIMCLR, "pca": {"kind": "pca", "dim": 20}, "pixels": {"kind": "pixels"}}[kind]
+    task = make_task(features=features, seed=2)
+    pool = features_of(task)
+    assert np.array_equal(task.pool_features.embed(task.pool.images), pool)
+    test = task.pool_features.embed(task.test.images)
+    assert test.shape == (len(task.test), pool.shape[1]) and test.dtype == np.float32
+    if kind == "simclr":        # the trained encoder, frozen, on the normalised images
+        encoder = task.pool_features.feature_map().encoder
+        assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
+        with torch.no_grad():
+            expected = encoder((task.test.images - task._mean) / task._std)
+        expected = torch.nn.functional.normalize(expected, dim=1).numpy()
+    elif kind == "pca":         # the pool's principal components, applied to the test images
+        x = task.pool.images.reshape(len(task.pool), -1).numpy()
+        expected = PCA(n_components=20, random_state=2).fit(x).transform(task.test.images.reshape(len(test), -1))
+        expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    else:
+        expected = task.test.images.reshape(len(test), -1).numpy()
+        expected = expected / np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(test, expected, atol=1e-5)
+
+
+def test_the_pca_projection_is_cached_and_reused(tmp_path, pca_spy):
+    features = {"kind": "pca", "dim": 20}
+    first = make_task(tmp_path, features=features)
+    test = first.pool_features.embed(first.test.images)
+    names = [p.name for p in (tmp_path / "features").glob("*.npy")]
+    assert len(pca_spy) == 1 and len(names) == 1 and names[0].endswith("-projection.npy")   # not the pool's yet
+    pool = features_of(first)
+    names = sorted(p.name for p in (tmp_path / "features").glob("*.npy"))
+    assert len(pca_spy) == 1 and len(names) == 2 and names[0].endswith("-projection.npy")
+    assert np.load(tmp_path / "features" / names[0]).shape == (21, 64)     # the mean, then 20 components
+    again = make_task(tmp_path, features=features)
+    assert np.array_equal(again.pool_features.embed(again.test.images), test)
+    assert np.array_equal(features_of(again), pool) and len(pca_spy) == 1
+
+
+def test_features_asked_for_inside_no_grad_still_train_the_encoder():
+    task = make_task()
+    with torch.no_grad():
+        inside = features_of(task)
+    assert np.array_equal(inside, features_of(make_task()))
+
+
 # ----------------------------------------------------------------------------------------------- the cache
 def test_cache_is_written_once_and_reused_by_a_resumed_task(tmp_path, spy):
     first = features_of(make_task(tmp_path))
     assert len(spy) == 1
     files = sorted(p.name for p in (tmp_path / "features").iterdir())
-    assert len(files) == 2 and files[0].endswith(".json") and files[1].endswith(".npy")
-    assert files[0].startswith("simclr-")
-    record = json.loads((tmp_path / "features" / files[0]).read_text())
+    stem = files[0].split(".")[0].removesuffix("-encoder")
+    assert stem.startswith("simclr-")                                    # the features and the encoder, same key
+    assert files == [f"{stem}-encoder.json", f"{stem}-encoder.npy", f"{stem}.json", f"{stem}.npy"]
+    record = json.loads((tmp_path / "features" / f"{stem}.json").read_text())
     assert record["shape"] == list(first.shape) and record["seed"] == 0 and record["seconds"] >= 0
+    encoder = json.loads((tmp_path / "features" / f"{stem}-encoder.json").read_text())
+    assert encoder["key"] == record["key"] and encoder["part"] == "encoder" and len(encoder["shape"]) == 1
     resumed = make_task(tmp_path)
     assert np.array_equal(features_of(resumed), first)
     assert len(spy) == 1                                                 # read back, not trained again
-    assert resumed.pool_features.path == tmp_path / "features" / files[1]
+    assert resumed.pool_features.path == tmp_path / "features" / f"{stem}.npy"
+    assert np.array_equal(resumed.pool_features.embed(resumed.pool.images), first)    # the cached encoder
+    assert len(spy) == 1 and resumed.pool_features.map_path == tmp_path / "features" / f"{stem}-encoder.npy"
 
 
 def test_another_setting_seed_or_data_makes_another_key(tmp_path, spy):
@@ -189,7 +259,8 @@ def test_another_setting_seed_or_data_makes_another_key(tmp_path, spy):
     features_of(make_task(tmp_path, features={**TINY_SIMCLR, "temperature": 0.2}))
     features_of(make_task(tmp_path, data={**SMALL, "max_pool": 150}))
     assert len(spy) == 3
-    assert len(list((tmp_path / "features").glob("simclr-*.npy"))) == 3
+    assert len(list((tmp_path / "features").glob("simclr-*.npy"))) == 6                # features + encoder each
+    assert len(list((tmp_path / "features").glob("simclr-*-encoder.npy"))) == 3
 
 
 def test_a_shared_cache_dir_serves_other_runs_of_the_same_pool(tmp_path, spy):
@@ -203,10 +274,7 @@ def test_a_shared_cache_dir_serves_other_runs_of_the_same_pool(tmp_path, spy):
     assert len(spy) == 2
 
 
-@pytest.mark.parametrize("damage", ["truncated", "flipped", "stale key", "wrong shape", "no record", "garbage"])
-def test_a_damaged_or_stale_cache_is_rebuilt_not_used(tmp_path, spy, damage):
-    good = features_of(make_task(tmp_path))
-    npy = next((tmp_path / "features").glob("*.npy"))
+def damage_file(npy, damage):
     info = npy.with_suffix(".json")
     if damage == "truncated":
         npy.write_bytes(npy.read_bytes()[:-100])
@@ -222,19 +290,50 @@ def test_a_damaged_or_stale_cache_is_rebuilt_not_used(tmp_path, spy, damage):
         info.unlink()
     else:
         info.write_text("{not json")
+
+
+DAMAGES = ["truncated", "flipped", "stale key", "wrong shape", "no record", "garbage"]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_damaged_or_stale_features_are_recomputed_from_the_cached_encoder(tmp_path, spy, damage):
+    good = features_of(make_task(tmp_path))
+    npy = features_file(tmp_path / "features")
+    damage_file(npy, damage)
     with pytest.warns(UserWarning, match="ignoring the (unreadable )?features cache"):
         rebuilt = features_of(make_task(tmp_path))
-    assert len(spy) == 2 and np.array_equal(rebuilt, good)
+    assert len(spy) == 1 and np.array_equal(rebuilt, good)               # the encoder was intact: not retrained
     assert np.array_equal(np.load(npy), good)                            # the cache is whole again
     features_of(make_task(tmp_path))
-    assert len(spy) == 2
+    assert len(spy) == 1
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "stale key", "no record"])
+@pytest.mark.parametrize("kind", ["simclr", "pca"])
+def test_a_damaged_or_stale_map_is_rebuilt_not_used(tmp_path, spy, pca_spy, damage, kind):
+    features = TINY_SIMCLR if kind == "simclr" else {"kind": "pca", "dim": 20}
+    first = make_task(tmp_path, features=features)
+    good, test = features_of(first), first.pool_features.embed(first.test.images)
+    fits = spy if kind == "simclr" else pca_spy
+    [npy] = (tmp_path / "features").glob(f"{kind}-*-{'encoder' if kind == 'simclr' else 'projection'}.npy")
+    healthy = np.load(npy)
+    damage_file(npy, damage)
+    task = make_task(tmp_path, features=features)
+    assert np.array_equal(features_of(task), good) and len(fits) == 1    # the features alone need no map
+    with pytest.warns(UserWarning, match="ignoring the (unreadable )?features cache"):
+        again = task.pool_features.embed(task.test.images)
+    assert len(fits) == 2 and np.array_equal(again, test)                # fitted again: the same map
+    assert np.array_equal(np.load(npy), healthy)                          # the cache is whole again
+    make_task(tmp_path, features=features).pool_features.embed(task.test.images)
+    assert len(fits) == 2
 
 
 def test_an_unwritable_cache_folder_warns_and_still_gives_the_features(tmp_path):
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("")
-    with pytest.warns(UserWarning, match="cannot cache the simclr features"):
+    with pytest.warns(UserWarning, match="cannot cache the simclr (encoder|features)") as caught:
         got = features_of(make_task(features={**TINY_SIMCLR, "cache_dir": str(blocked)}))
+    assert sorted(str(w.message).split()[4] for w in caught) == ["encoder", "features"]
     assert np.array_equal(got, features_of(make_task()))
 
 

@@ -3,19 +3,24 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import json
 import math
 import struct
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
+from activelab.cli import main
 from activelab.errors import UserError
 from activelab.plugins.vision import datasets as vd
+from activelab.plugins.vision import features as vf
 from activelab.plugins.vision.ceal import ceal_delta, entropy, high_confidence
 from activelab.plugins.vision.classification import ClassificationTask
-from activelab.plugins.vision.models import ResNet18, SmallCNN
-from activelab.protocol import MC, Context, Env, Task
+from activelab.plugins.vision.models import LinearProbe, ResNet18, SmallCNN
+from activelab.protocol import EMBEDDINGS, FEATURES, MC, PROBS, Context, Env, Task
+from activelab.strategies.batch import BADGE
 from activelab.testing import TaskConformance
 
 torch.set_num_threads(1)
@@ -252,6 +257,14 @@ def test_models_work_for_small_and_mnist_sized_images(size):
         assert torch.equal(model.classify(h), model(x)) and model(x).shape == (2, 10)
 
 
+def test_the_linear_probe_is_dropout_and_one_linear_layer_on_given_features():
+    probe = LinearProbe(16, 10, dropout=0.3).eval()
+    h = torch.randn(4, 16)
+    assert torch.equal(probe.features(h), h) and probe.embedding_dim == 16
+    assert torch.equal(probe(h), probe.fc(h)) and probe.dropout.p == 0.3
+    assert [name for name, _ in probe.named_parameters()] == ["fc.weight", "fc.bias"]
+
+
 # ----------------------------------------------------------------------------------------------- CEAL pseudo-labels
 def test_delta_decreases_linearly_with_the_round():
     assert ceal_delta(0.05, 0.0033, 0) == 0.05
@@ -462,6 +475,140 @@ def test_config_rejects_unknown_keys():
         ClassificationTask.Config(pseudo_label={"delta": 0.1})
 
 
+# ----------------------------------------------------------------------------------------------- linear probe
+PROBE_DATA = {"kind": "digits", "max_pool": 300, "max_test": 100}
+PCA = {"kind": "pca", "dim": 32}
+TINY_SIMCLR = {"kind": "simclr", "epochs": 2, "batch_size": 64, "dim": 32, "projection_dim": 16, "width": 8}
+
+
+def make_probe(tmp_path=None, features=None, seed=0, **params) -> ClassificationTask:
+    params.setdefault("data", PROBE_DATA)
+    params.setdefault("probe", {"steps": 100})
+    return make_task(tmp_path, seed=seed, model="linear_probe", features=features or PCA, **params)
+
+
+def probs_of(task, ids, mc=None, want=PROBS):
+    return np.concatenate([o[want] for o in task.predict(ids, {want}, mc)], axis=-2)
+
+
+@pytest.fixture()
+def simclr_spy(monkeypatch):
+    """Counts the SimCLR trainings (which still run)."""
+    calls = []
+    real = vf.train_simclr
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vf, "train_simclr", counted)
+    return calls
+
+
+def test_linear_probe_trains_only_the_head_on_the_frozen_features(simclr_spy):
+    task = make_probe(features=TINY_SIMCLR)
+    assert set(task.model.state_dict()) == {"fc.weight", "fc.bias"} and task.model.fc.in_features == 32
+    head = {id(task.model.fc.weight), id(task.model.fc.bias)}
+    assert {id(p) for g in task.optimizer.param_groups for p in g["params"]} == head
+    labels = first_labels(task, 40)
+    ids = task.pool_ids()
+    pool = probs_of(task, ids, want=FEATURES)                         # the encoder is trained here, once
+    encoder = task.pool_features.feature_map().encoder
+    frozen = {k: v.clone() for k, v in encoder.state_dict().items()}
+    before = task.model.fc.weight.detach().clone()
+    stats = task.fit(labels, ctx(0, labels))
+    task.fit(labels, ctx(1, labels))
+    assert stats["n_train"] == 40 and np.isfinite(stats["train_loss"])
+    assert not torch.equal(task.model.fc.weight, before)                 # the head learnt
+    assert all(torch.equal(v, frozen[k]) for k, v in encoder.state_dict().items())   # the encoder did not
+    assert np.array_equal(probs_of(task, ids, want=FEATURES), pool) and len(simclr_spy) == 1
+    assert {id(p) for g in task.optimizer.param_groups for p in g["params"]} == \
+        {id(task.model.fc.weight), id(task.model.fc.bias)}
+    # embeddings: the frozen features (the head's input); the test split: the same frozen encoder's output
+    out = next(task.predict(ids[:50], {EMBEDDINGS, FEATURES, PROBS}))
+    assert np.array_equal(out[EMBEDDINGS], out[FEATURES]) and out[PROBS].shape == (50, 10)
+    with torch.no_grad():
+        expected = encoder((task.test.images - task._mean) / task._std)
+    expected = torch.nn.functional.normalize(expected, dim=1).numpy()
+    np.testing.assert_allclose(task.test_features(), expected, atol=1e-5)
+    assert task.test_features() is task.test_features()                  # computed once
+    assert set(task.evaluate()) == {"accuracy", "macro_f1"} and len(simclr_spy) == 1
+
+
+def test_linear_probe_on_pca_features_beats_chance_by_far():
+    task = make_probe(data={"kind": "digits"}, probe={})                 # the default 500 steps; chance is 0.1
+    labels = first_labels(task, 100)
+    task.fit(labels, ctx(0, labels))
+    assert task.evaluate()["accuracy"] > 0.7                             # measured 0.76 (seed 0)
+
+
+def test_linear_probe_checkpoint_resumes_from_the_cached_encoder(tmp_path, simclr_spy):
+    a = make_probe(tmp_path, features=TINY_SIMCLR)
+    labels = first_labels(a, 40)
+    a.fit(labels, ctx(0, labels))
+    a.fit_bootstrap(labels, 2, seed=5)
+    state = a.state_dict()
+    assert state["matches"]["representation"] == f"simclr-{a.pool_features.key}"
+    assert set(state["model"]) == {"fc.weight", "fc.bias"}               # the encoder is in the cache, not here
+    path = tmp_path / "ckpt.pt"
+    torch.save({"task": state}, path)
+    b = make_probe(tmp_path, features=TINY_SIMCLR)                       # a resumed run: the same run folder
+    b.load_state_dict(torch.load(path, weights_only=False)["task"])
+    ids = a.pool_ids()
+    for mc in (None, MC(3, "dropout", 1), MC(3, "batchwise", 2), MC(2, "bootstrap", 0)):
+        assert np.array_equal(probs_of(a, ids, mc), probs_of(b, ids, mc))
+    assert a.evaluate() == b.evaluate()
+    assert len(simclr_spy) == 1                                          # b read the encoder back: no retraining
+    more = dict(labels, **first_labels(a, 60, seed=3))
+    assert a.fit(more, ctx(1, more)) == b.fit(more, ctx(1, more))
+    assert all(torch.equal(x, y) for x, y in zip(weights(a), weights(b)))
+    # a checkpoint of another representation is refused
+    with pytest.raises(UserError, match="checkpoint does not match.*representation"):
+        make_probe(tmp_path, features={**TINY_SIMCLR, "dim": 16}).load_state_dict(state)
+
+
+def test_linear_probe_committees_and_badges_exact_gradient():
+    task = make_probe()
+    labels = first_labels(task, 30)
+    task.fit(labels, ctx(0, labels))
+    ids = [i for i in task.pool_ids() if i not in labels][:60]
+    for mode in ("dropout", "batchwise"):
+        out = next(task.predict(ids, {PROBS, EMBEDDINGS}, MC(4, mode, seed=7)))
+        assert out[PROBS].shape == (4, 60, 10) and out[EMBEDDINGS].shape == (4, 60, 32)
+        assert not np.array_equal(out[PROBS][0], out[PROBS][1])           # members differ
+        assert np.array_equal(out[EMBEDDINGS][0], out[EMBEDDINGS][3])     # the frozen features do not
+    task.fit_bootstrap(labels, 2, seed=0)
+    boot = probs_of(task, ids, MC(2, "bootstrap", 0))
+    assert boot.shape == (2, 60, 10) and not np.array_equal(boot[0], boot[1])
+    # BADGE's closed form (p - onehot(yhat)) x h is the autograd gradient of the head's last (only) layer
+    out = next(task.predict(ids[:5], {PROBS, EMBEDDINGS}))
+    p, h = out[PROBS].astype(np.float64), out[EMBEDDINGS].astype(np.float64)
+    for row in range(5):
+        task.model.zero_grad()
+        logits = task.model(torch.from_numpy(out[EMBEDDINGS][row:row + 1]))
+        torch.nn.functional.cross_entropy(logits, torch.tensor([int(p[row].argmax())])).backward()
+        r = p[row] - np.eye(10)[p[row].argmax()]
+        np.testing.assert_allclose(task.model.fc.weight.grad.numpy(), np.outer(r, h[row]), atol=1e-5)
+    scores = BADGE().score(task, ids, Context(round=1, seed=0, budget=5, labels=labels))
+    assert scores.shape == (60,) and np.isfinite(scores).all()
+
+
+def test_a_linear_probe_recipe_runs_one_round_through_the_cli(tmp_path):
+    params = {"data": PROBE_DATA, "model": "linear_probe", "features": PCA, "probe": {"steps": 50}}
+    recipe = {"name": "probe-digits", "seed": 0,
+              "task": {"plugin": "vision", "name": "classification", "params": params},
+              "scorer": {"name": "entropy"}, "loop": {"initial": 10, "batch": 10, "rounds": 1}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["validate", str(path)]) == 0
+    run = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(run), "-q"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["n_labeled"] for r in rows] == [10, 20] and all(0 < r["accuracy"] <= 1 for r in rows)
+    cached = sorted(p.name for p in (run / "features").glob("pca-*.npy"))
+    assert len(cached) == 2 and cached[0].endswith("-projection.npy")   # the probe's projection, in the run folder
+
+
 # ----------------------------------------------------------------------------------------------- conformance kit
 
 
@@ -471,3 +618,11 @@ class TestClassificationConformance(TaskConformance):
 
     def make_task(self):
         return make_task(epochs=2, min_steps=10, data={"kind": "digits", "max_pool": 120, "max_test": 60})
+
+
+class TestLinearProbeConformance(TaskConformance):
+    """The same checks with model: linear_probe on PCA features."""
+    covers = ("vision", "task", "classification")
+
+    def make_task(self):
+        return make_probe(data={"kind": "digits", "max_pool": 120, "max_test": 60})
