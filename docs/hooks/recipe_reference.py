@@ -54,6 +54,12 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any] | Non
     return defs.get(ref.rsplit("/", 1)[-1]) if ref else None
 
 
+def _alternatives(node: dict[str, Any], defs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The models a field may hold when it is a union of several (``model: {kind: ...}``), else []."""
+    refs = [n["$ref"] for n in node.get("oneOf", node.get("anyOf", [])) if "$ref" in n]
+    return [defs[r.rsplit("/", 1)[-1]] for r in refs if r.rsplit("/", 1)[-1] in defs] if len(refs) > 1 else []
+
+
 def _bounds(node: dict[str, Any]) -> str:
     parts = []
     for key, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"),
@@ -72,6 +78,8 @@ def type_of(node: dict[str, Any], defs: dict[str, Any]) -> str:
         return _code(node["const"])
     if "$ref" in node:
         return "mapping (fields below)"
+    if _alternatives(node, defs):
+        return "mapping, one of the kinds below"
     if "anyOf" in node:
         parts = [type_of(n, defs) for n in node["anyOf"] if n.get("type") != "null"]
         nullable = any(n.get("type") == "null" for n in node["anyOf"])
@@ -100,11 +108,12 @@ def rows(model: dict[str, Any], defs: dict[str, Any], prefix: str = "") -> list[
     for name, node in model.get("properties", {}).items():
         path = f"{prefix}{name}"
         nested = _resolve(node, defs)
+        kinds = _alternatives(node, defs)
         if "default" in node:
             default = _code(node["default"])
         elif name in required:
             default = "**required**"
-        elif nested is not None:
+        elif nested is not None or kinds:
             default = "(fields below)"
         else:
             default = ""
@@ -112,6 +121,8 @@ def rows(model: dict[str, Any], defs: dict[str, Any], prefix: str = "") -> list[
         out.append(f"| `{path}` | {_cell(type_of(node, defs))} | {_cell(default)} | {_cell(desc)} |")
         if nested is not None:
             out.extend(rows(nested, defs, prefix=f"{path}."))
+        for kind in kinds:              # each kind's fields, its `kind` row first
+            out.extend(rows(kind, defs, prefix=f"{path}."))
     return out
 
 

@@ -2,7 +2,8 @@
 characters, with a loss-prediction module (Yoo & Kweon, CVPR 2019) reading pooled features from several depths.
 
 Shapes: audio (S,) samples; features (T, n_mels), batched (B, T, n_mels); encoder taps (B, T', D); CTC
-log-probabilities (B, T', V) with index 0 the CTC blank. Padding is tracked by lengths everywhere: pooling, CTC and
+log-probabilities (B, T', V) with index 0 the CTC blank (``Forward.blank``: a transformers checkpoint's is its pad
+token, :mod:`.hf`). Padding is tracked by lengths everywhere: pooling, CTC and
 the posteriors' statistics never see padded frames.
 """
 from __future__ import annotations
@@ -149,6 +150,7 @@ class Forward:
     log_probs: torch.Tensor      # (B, T', V) CTC log-probabilities
     lengths: torch.Tensor        # (B,) real frames of log_probs
     predicted: torch.Tensor      # (B, 2): predicted loss (raw, per second); zeros without a module
+    blank: int = BLANK           # the CTC blank's index (a transformers checkpoint's pad token)
 
 
 class CTCModel(nn.Module):
@@ -196,7 +198,7 @@ class CTCModel(nn.Module):
 def ctc_losses(out: Forward, targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
     """Per-utterance CTC loss ``-log p(y|x)`` (B,), summed over the utterance; infinite (impossible) alignments
     become 0 with no gradient (``zero_infinity``)."""
-    return F.ctc_loss(out.log_probs.transpose(0, 1), targets, out.lengths, target_lengths, blank=BLANK,
+    return F.ctc_loss(out.log_probs.transpose(0, 1), targets, out.lengths, target_lengths, blank=out.blank,
                       reduction="none", zero_infinity=True)
 
 
@@ -205,9 +207,9 @@ def greedy_decode(out: Forward) -> list[list[int]]:
     best = out.log_probs.argmax(dim=-1).cpu()
     result = []
     for row, n in zip(best, out.lengths.cpu().tolist()):
-        tokens, previous = [], BLANK
+        tokens, previous = [], out.blank
         for t in row[:n].tolist():
-            if t != previous and t != BLANK:
+            if t != previous and t != out.blank:
                 tokens.append(t)
             previous = t
         result.append(tokens)
