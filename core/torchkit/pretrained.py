@@ -47,3 +47,26 @@ def quiet() -> Iterator[None]:
         logging.set_verbosity(verbosity)
         if bars:
             logging.enable_progress_bar()
+
+
+#: The files of a checkpoint folder that :func:`fingerprint` reads (configs, weights, tokenizer models, vocabularies).
+FINGERPRINTED = (".json", ".safetensors", ".bin", ".model", ".spm", ".txt")
+
+
+def fingerprint(path: Path) -> str:
+    """SHA-256 (hex) of a weights file, or over the names and contents of a checkpoint folder's
+    :data:`FINGERPRINTED` files (top level, sorted by name): a run records it and refuses to resume on other
+    weights."""
+    import hashlib
+
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.is_file() and p.suffix in FINGERPRINTED and not p.name.startswith("."))
+    for file in files:
+        digest.update(file.name.encode() + b"\0")
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()

@@ -31,7 +31,6 @@ code; and ``transformers`` not installed names the extra to install.
 """
 from __future__ import annotations
 
-import hashlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
@@ -45,13 +44,12 @@ from activelab.errors import UserError
 from activelab.recipe import DataPath
 from activelab.torchkit import seeded
 from activelab.torchkit.dropout import MODES, MCDropout
-from activelab.torchkit.pretrained import WEIGHTS, first_line, has_weights, quiet, require_transformers
+from activelab.torchkit.pretrained import WEIGHTS, fingerprint, first_line, has_weights, quiet, require_transformers
 
 FIELD = "task.params.model"
 INSTALL = "pip install 'activelab[nlp]'"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "source.spm", "target.spm",
                    "sentencepiece.bpe.model", "sentencepiece.model", "tokenizer.model", "vocab.json", "vocab.txt")
-FINGERPRINTED = (".json", ".safetensors", ".bin", ".model", ".spm", ".txt")
 # heads for other tasks: a checkpoint whose architectures are all of these is not a translation model
 OTHER_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "ForMultipleChoice",
                "ForCausalLM", "ForMaskedLM", "ForCTC", "ForImageClassification", "ForAudioClassification")
@@ -77,20 +75,6 @@ class HFModelConfig(BaseModel):
                                                                 "needs one above 0)")
     restart_each_round: bool = Field(True, description="each round fine-tunes from the checkpoint's weights; "
                                                        "false: continue from the previous round's")
-
-
-def fingerprint(folder: Path) -> str:
-    """SHA-256 (hex) over the names and contents of the folder's checkpoint files (:data:`FINGERPRINTED`
-    suffixes, top level, sorted by name)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in FINGERPRINTED
-                       and not p.name.startswith(".")):
-        digest.update(path.name.encode() + b"\0")
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        digest.update(b"\0")
-    return digest.hexdigest()
 
 
 @contextmanager

@@ -32,6 +32,17 @@ enabled): full-batch Adam, ``probe.steps`` steps at ``probe.lr`` (the CNNs' ``lr
 frozen features (the head's input), ``probs`` the head's softmax; MC dropout, batchwise and bootstrap committees
 work as for the CNNs. The checkpoint holds the head and pins the representation by its cache key; the
 representation itself stays in the features cache.
+
+Your own model: ``model: {kind: torchvision, arch: resnet50, weights: FILE, freeze: ...}`` (any classification
+architecture of ``torchvision.models`` with a local state dict) or ``model: {kind: huggingface, path: DIR,
+freeze: ...}`` (a local ``transformers`` image classifier) fine-tunes a pretrained network: its output layer is
+replaced by a new head for the task's classes, images are resized and normalised inside the model, ``freeze``
+chooses linear probe, last block or full fine-tuning (see :mod:`.backbones`). Such a model follows the CNNs' training
+settings (``lr``, ``epochs``, ``min_steps``, ``batch_size``, ``optimizer``); with ``freeze: linear_probe`` the
+frozen body's features of the pool and of the test split are computed once (in ``eval_batch_size`` blocks, on first
+request) and kept in memory, so fits and predictions run the head only. The checkpoint holds the trainable tensors
+(all of them unless ``freeze`` keeps some as loaded) and pins the architecture, ``freeze`` and a SHA-256 of the user's
+weights, whose frozen tensors are restored from the file; the user's file is only read.
 """
 from __future__ import annotations
 
@@ -46,7 +57,7 @@ from typing import Any, Collection, Iterator, Literal, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sklearn.metrics import accuracy_score, f1_score
 from tqdm.auto import tqdm
 
@@ -65,6 +76,7 @@ from activelab.protocol import (
 )
 from activelab.torchkit import ItemIndex, build_optimizer, check, checkpoint, mc_dropout, restore, seeded
 
+from .backbones import MODEL_KINDS, Backbone, HFImageModelConfig, TorchvisionModelConfig
 from .ceal import ceal_delta, entropy, high_confidence
 from .datasets import DataConfig, load_data
 from .features import FeaturesConfig, PoolFeatures
@@ -98,9 +110,11 @@ class ClassificationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: DataConfig = Field(default_factory=DataConfig)
-    model: Literal["small_cnn", "resnet18", "linear_probe"] = Field("small_cnn", description=(
-        "small_cnn (default), resnet18 (no pretrained weights), or linear_probe: dropout and a linear layer on the "
-        "frozen label-free features (see 'features' and 'probe')"))
+    model: Literal["small_cnn", "resnet18", "linear_probe"] | TorchvisionModelConfig | HFImageModelConfig = Field(
+        "small_cnn", description=(
+            "small_cnn (default), resnet18 (no pretrained weights), or linear_probe: dropout and a linear layer on "
+            "the frozen label-free features (see 'features' and 'probe'); or your own pretrained model: {kind: "
+            "torchvision, arch, weights, freeze} or {kind: huggingface, path, freeze}"))
     epochs: int = Field(20, ge=1)           # passes over labelled + pseudo-labelled items per fit
     min_steps: int = Field(100, ge=0)       # at least this many optimiser steps per fit (tiny labelled sets)
     batch_size: int = Field(32, ge=1)
@@ -121,13 +135,25 @@ class ClassificationConfig(BaseModel):
         "model: linear_probe only: how its head is trained (full-batch Adam; lr, epochs, min_steps, batch_size and "
         "optimizer are the CNNs')"))
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_of_its_kind(cls, value: Any) -> Any:
+        """A model section (a mapping) is read as the class of its ``kind``, so errors name ``model.<field>``."""
+        if not isinstance(value, Mapping):
+            return value
+        kind = value.get("kind")
+        if kind not in MODEL_KINDS:
+            raise ValueError(f"kind: must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
+        return MODEL_KINDS[kind].model_validate(value)
+
 
 MC_MODES = ("dropout", "batchwise", "bootstrap")
 PROBE = "linear_probe"
 
 class ClassificationTask:
     """CEAL image classification on digits, an image folder, a saved Hugging Face dataset, MNIST or
-    Fashion-MNIST; a small CNN, ResNet-18 or a linear probe on the label-free features."""
+    Fashion-MNIST; a small CNN, ResNet-18, a linear probe on the label-free features, or a pretrained torchvision
+    or transformers classifier from local files."""
 
     Config = ClassificationConfig
     outputs = frozenset({PROBS, EMBEDDINGS, FEATURES, MC_DROPOUT, BOOTSTRAP})
@@ -153,6 +179,12 @@ class ClassificationTask:
                                           self.device, cache, self.data_fingerprint, progress=env.progress,
                                           batch_size=config.eval_batch_size)
         self._test_features: np.ndarray | None = None
+        self.backbone: Backbone | None = None
+        if isinstance(config.model, (TorchvisionModelConfig, HFImageModelConfig)):
+            with seeded(seed_for(env.seed, "vision-backbone")):     # the checkpoint's own head draws from the RNG
+                self.backbone = Backbone(config.model, images.shape[1], tuple(images.shape[-2:]), len(self.classes),
+                                         config.dropout, self._mean.flatten().tolist(), self._std.flatten().tolist())
+        self._frozen: dict[str, torch.Tensor] = {}     # freeze: linear_probe: the frozen body's features per split
         self.model = self._new_model(seed_for(env.seed, "vision-init"))
         self.optimizer = self._new_optimizer(self.model)
         self.fitted = False
@@ -165,6 +197,10 @@ class ClassificationTask:
         return self.cfg.model == PROBE
 
     def _new_model(self, seed: int) -> torch.nn.Module:
+        if self.backbone is not None:
+            with seeded(seed):
+                model = self.backbone.new_model()
+            return model.to(self.device)
         channels, size = self.pool.images.shape[1], self.pool.images.shape[-1]
         with seeded(seed):
             model = build_model(self.cfg.model, channels, len(self.classes), size, self.cfg.dropout,
@@ -175,7 +211,7 @@ class ClassificationTask:
         if self.probe:
             return build_optimizer(model.parameters(), "adam", lr=self.cfg.probe.lr,
                                    weight_decay=self.cfg.probe.weight_decay)
-        return build_optimizer(model.parameters(), self.cfg.optimizer, lr=self.cfg.lr,
+        return build_optimizer([p for p in model.parameters() if p.requires_grad], self.cfg.optimizer, lr=self.cfg.lr,
                                weight_decay=self.cfg.weight_decay, momentum=self.cfg.momentum)
 
     def test_features(self) -> np.ndarray:
@@ -186,12 +222,29 @@ class ClassificationTask:
 
     def _inputs(self, positions: np.ndarray, split: str = "pool") -> torch.Tensor:
         """The model's inputs for the items at ``positions`` of ``split`` ("pool" or "test"): the normalised images,
-        or for the linear probe their frozen features."""
+        for the linear probe their frozen features, for a pretrained model the images as they are (it prepares them
+        itself)."""
         if self.probe:
             rows = self.pool_features.rows(positions) if split == "pool" else self.test_features()[positions]
             return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(self.device)
         images = (self.pool if split == "pool" else self.test).images[torch.from_numpy(positions)]
+        if self.backbone is not None:
+            return images.to(self.device)
         return ((images - self._mean) / self._std).to(self.device)
+
+    def _features(self, model: torch.nn.Module, positions: np.ndarray, split: str = "pool") -> torch.Tensor:
+        """``model``'s penultimate features of the items at ``positions`` of ``split``. A frozen body's (``freeze:
+        linear_probe``; every model of the task shares it) are computed for the whole split on first request, in
+        ``eval_batch_size`` blocks, and kept (rows: positions)."""
+        if not getattr(model, "frozen_body", False):
+            return model.features(self._inputs(positions, split))
+        with torch.inference_mode(False), torch.no_grad():     # kept tensors must serve training too
+            if split not in self._frozen:
+                n, bs = len(self.pool if split == "pool" else self.test), self.cfg.eval_batch_size
+                blocks = [model.features(self._inputs(np.arange(a, min(a + bs, n), dtype=np.int64), split))
+                          for a in range(0, n, bs)]
+                self._frozen[split] = torch.cat(blocks)
+            return self._frozen[split][torch.from_numpy(positions).to(self.device)]
 
     # ------------------------------------------------------------------------------------------ protocol
     def pool_ids(self) -> Sequence[ItemId]:
@@ -255,7 +308,9 @@ class ClassificationTask:
         if self.probe:
             return self._train_probe(model, optimizer, positions, y, seed, desc, progress)
         n = len(y)
-        x = self._inputs(positions)
+        head_only = getattr(model, "frozen_body", False)     # freeze: linear_probe: the head on kept features
+        x = self._features(model, positions) if head_only else self._inputs(positions)
+        forward = model.classify if head_only else model
         target = torch.from_numpy(y).to(self.device)
         bs = self.cfg.batch_size
         steps = max(1, math.ceil(n / bs))
@@ -273,7 +328,7 @@ class ClassificationTask:
                 total = 0.0
                 for a, b in bounds:
                     batch = order[a:b]
-                    loss = F.cross_entropy(model(x[batch]), target[batch])
+                    loss = F.cross_entropy(forward(x[batch]), target[batch])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -350,19 +405,21 @@ class ClassificationTask:
     def _model_outputs(self, split: str, chunk: np.ndarray, n: int, want: set[str],
                        models: list[torch.nn.Module], mc: MC | None) -> dict[str, np.ndarray]:
         """The classifier's outputs (probs, embeddings) for one chunk of positions of ``split`` (the ``n``-th)."""
-        x = self._inputs(chunk, split)          # the probe's features are computed (once) outside inference mode
+        # the probe's features, and a frozen body's, are computed (once) outside inference mode
+        frozen = getattr(self.model, "frozen_body", False)
+        x = None if frozen else self._inputs(chunk, split)
         with torch.inference_mode():
             if mc is None:
-                h = self.model.features(x)
+                h = self._features(self.model, chunk, split) if frozen else self.model.features(x)
                 out = self._outputs(h[None], self.model.classify(h)[None], want, squeeze=True)
             elif mc.mode == "bootstrap":
-                hs = [m.features(x) for m in models]
+                hs = [self._features(m, chunk, split) if frozen else m.features(x) for m in models]
                 out = self._outputs(torch.stack(hs), torch.stack([m.classify(h) for m, h in zip(models, hs)]),
                                     want)
             else:
                 # dropout sits only in the head: features once, the head T times. The block is closed before
                 # the yield, so the model is never left in MC mode while the caller holds this generator.
-                h = self.model.features(x)
+                h = self._features(self.model, chunk, split) if frozen else self.model.features(x)
                 with mc_dropout(self.model, mc.mode, mc.seed, chunk=n) as drop:
                     logits = torch.stack([self.model.classify(h) for _ in drop.members(mc.samples)])
                 out = self._outputs(h.expand(mc.samples, *h.shape), logits, want)
@@ -460,16 +517,33 @@ class ClassificationTask:
         matches: dict[str, Any] = {"classes": list(self.classes), "pool_size": len(self.pool)}
         if self.probe:      # the head reads the cached representation: pin it (it is not in the checkpoint)
             matches["representation"] = f"{self.cfg.features.kind}-{self.pool_features.key}"
+        if self.backbone is not None:      # the architecture and the user's weights (a run resumes on the same)
+            matches.update(self.backbone.matches())
         return matches
 
     def state_dict(self) -> dict[str, Any]:
-        return checkpoint(matches=self._matches(), model=self.model, optimizer=self.optimizer, members=self.members,
-                          fitted=self.fitted)
+        if self.backbone is None or not self.backbone.frozen_keys:
+            return checkpoint(matches=self._matches(), model=self.model, optimizer=self.optimizer,
+                              members=self.members, fitted=self.fitted)
+        # a frozen pretrained network: its frozen tensors are the user's file's (pinned by matches), not stored
+        frozen = self.backbone.frozen_keys
+
+        def trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+            return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k not in frozen}
+
+        return {**checkpoint(matches=self._matches(), optimizer=self.optimizer, fitted=self.fitted),
+                "model": trainable(self.model), "members": [trainable(m) for m in self.members]}
+
+    def _restore(self, saved: Mapping[str, Any] | None, what: str = "") -> torch.nn.Module:
+        """A new model with the checkpoint's weights (a pretrained network's frozen tensors from its file)."""
+        model = self._new_model(0)
+        if self.backbone is not None and saved is not None:
+            saved = {**model.state_dict(), **saved}
+        return restore(model, saved, what).eval()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         check(state, self._matches())
-        self.model = restore(self._new_model(0), state["model"]).eval()
+        self.model = self._restore(state["model"])
         self.optimizer = restore(self._new_optimizer(self.model), state["optimizer"])
         self.fitted = bool(state["fitted"])
-        self.members = [restore(self._new_model(0), weights, f"bootstrap member {m}").eval()
-                        for m, weights in enumerate(state["members"])]
+        self.members = [self._restore(weights, f"bootstrap member {m}") for m, weights in enumerate(state["members"])]

@@ -6,6 +6,9 @@ All three split into ``features(x)`` (the penultimate representation, returned a
 the classifier, as in CEAL's AlexNet-style heads; MC-dropout committees therefore differ only in the head.
 :class:`LinearProbe` is that head alone: its input is already the representation (the task's label-free
 ``features``), so ``features`` is the identity and the linear layer is the model's last and only layer.
+
+Pretrained networks from local files (``model: {kind: torchvision | huggingface, ...}``) are built by
+:mod:`.backbones` (:class:`~.backbones.BackboneClassifier`), with the same ``features`` / ``classify`` split.
 """
 from __future__ import annotations
 

@@ -35,7 +35,10 @@ from torchvision.ops import FeaturePyramidNetwork, batched_nms, box_iou
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from ..backbones import load_checked, read_state_dict
+
 BACKBONES = ("tiny", "resnet18", "resnet50")
+WEIGHTS_FIELD = "task.params.weights_path"
 RATIOS = (0.5, 1.0, 2.0)
 
 
@@ -108,12 +111,10 @@ def _resnet_fpn(name: str, channels: int, weights_path: str | Path | None) -> Ba
     pretrained = weights_path is not None
     norm = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
     resnet = getattr(torchvision.models, name)(weights=None, norm_layer=norm)
-    if pretrained:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        missing, unexpected = resnet.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("fc.")]
-        if missing:
-            raise ValueError(f"{weights_path}: not a torchvision {name} state dict (missing {missing[:5]} ...)")
+    if pretrained:      # the classification task's checks: one-line errors naming task.params.weights_path
+        what = f"torchvision {name}"
+        state = read_state_dict(weights_path, WEIGHTS_FIELD, what)
+        load_checked(resnet, state, WEIGHTS_FIELD, weights_path, what, ignore=("fc.",))
         # as torchvision for pretrained backbones: train layer2..layer4 only
         for pname, p in resnet.named_parameters():
             if not pname.startswith(("layer2", "layer3", "layer4")):

@@ -210,10 +210,13 @@ class MMDetAdapter(nn.Module):
 
     @staticmethod
     def _load_resnet(resnet: nn.Module, weights_path: str | Path) -> None:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        missing, _ = resnet.load_state_dict(state, strict=False)
-        if missing:
-            raise ValueError(f"{weights_path}: not a ResNet state dict for this depth (missing {missing[:5]} ...)")
+        """The classification task's checks (one-line errors naming task.params.weights_path); mmdet's ResNet has
+        torchvision's key names, without ``fc``."""
+        from ..backbones import load_checked, read_state_dict
+        from .adapter import WEIGHTS_FIELD
+
+        state = read_state_dict(weights_path, WEIGHTS_FIELD, "ResNet")
+        load_checked(resnet, state, WEIGHTS_FIELD, weights_path, "ResNet", ignore=("fc.",))
 
     # -- the contract -------------------------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:  # type: ignore[override]  (the adapter contract; see adapter.py)

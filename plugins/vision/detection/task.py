@@ -61,8 +61,9 @@ from activelab.protocol import MC, Context, Env, ItemId, seed_for
 from activelab.recipe import DataPath
 from activelab.torchkit import ItemIndex, build_optimizer, check, checkpoint, restore, seeded
 
+from ..backbones import require_file
 from . import miaod
-from .adapter import TorchvisionAdapter
+from .adapter import WEIGHTS_FIELD, TorchvisionAdapter
 from .data import DetectionData, DetectionDataConfig, DetectionImage, fingerprint, load_detection_data, load_image
 
 MIAOD_UNCERTAINTY = "miaod_uncertainty"            # (B,) mean of the top-k anchor discrepancies (official code)
@@ -161,9 +162,9 @@ class DetectionTask:
         self.cfg = config
         self.env = env
         self.device = torch.device(env.device)
-        if config.weights_path is not None and not Path(config.weights_path).expanduser().is_file():
-            raise UserError(f"task.params.weights_path: {config.weights_path} not found (activelab downloads no "
-                            f"weights: put a torchvision ResNet state dict there, or set weights_path: null)")
+        if config.weights_path is not None:     # before the data loads: the same errors as classification's
+            require_file(config.weights_path, WEIGHTS_FIELD, f"torchvision {config.backbone}"
+                         if config.backbone.startswith("resnet") else "torchvision ResNet")
         data = load_detection_data(config.data, env.seed)
         self.classes = list(data.classes)
         self.category_ids = list(data.category_ids)
@@ -225,6 +226,8 @@ class DetectionTask:
                     from .mmdet_adapter import MMDetAdapter as adapter_cls
                 adapter = adapter_cls(len(self.classes), backbone=cfg.backbone, channels=cfg.channels,
                                       anchor_sizes=cfg.anchor_sizes, weights_path=cfg.weights_path)
+            except UserError:
+                raise                    # the weights file's errors name their field already
             except (ValueError, OSError, RuntimeError, pickle.UnpicklingError) as exc:
                 field = "anchor_sizes" if "anchor_sizes" in str(exc) else "weights_path" if cfg.weights_path \
                     else "backbone"
