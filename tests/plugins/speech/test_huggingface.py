@@ -11,7 +11,6 @@ import os
 import random
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from activelab.plugins.speech.task import (  # noqa: E402
 )
 from activelab.protocol import Env  # noqa: E402
 from activelab.testing import ScorerConformance, TaskConformance, make_context, true_labels  # noqa: E402
+from activelab.testing.runs import metrics_rows, snapshot
 
 UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ'"          # wav2vec2-base-960h's characters
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "|"]
@@ -405,29 +405,6 @@ def test_the_missing_package_is_named(commands, wav2vec2, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ the CLI
-def snapshot(run_dir: Path):
-    db = sqlite3.connect(run_dir / "labels.sqlite")
-    try:
-        labels = dict(db.execute("SELECT item_id, value FROM labels"))
-        batches = dict(db.execute("SELECT round, items FROM batches"))
-        metrics = [yaml.safe_load(r[0]) for r in db.execute("SELECT record FROM metrics ORDER BY round")]
-    finally:
-        db.close()
-    return labels, batches, [{k: v for k, v in m.items() if not k.endswith("_seconds")} for m in metrics]
-
-
-def metrics_rows(run_dir: Path) -> int:
-    if not (run_dir / "labels.sqlite").exists():
-        return 0
-    db = sqlite3.connect(run_dir / "labels.sqlite")
-    try:
-        if db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'metrics'").fetchone()[0] == 0:
-            return 0
-        return db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
-    finally:
-        db.close()
-
-
 @pytest.mark.slow
 def test_a_run_through_the_cli_and_a_sigkill_then_resume(commands, wav2vec2, tmp_path):
     """`activelab run` with the checkpoint; then the same recipe killed (SIGKILL) after round 0's metrics row,

@@ -10,7 +10,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from activelab.errors import UserError
 from activelab.plugins.vision.backbones import Backbone, TorchvisionModelConfig, WeightsError
 from activelab.plugins.vision.classification import ClassificationTask
 from activelab.protocol import MC, Context, Env
+from activelab.testing.runs import metrics_rows, snapshot
 
 SMALL = {"kind": "digits", "max_pool": 60, "max_test": 20}
 
@@ -401,29 +401,6 @@ def test_a_recipe_with_a_torchvision_model_runs_one_round_through_the_cli(r18, t
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["n_labeled"] for r in rows] == [10, 20] and all(0 <= r["accuracy"] <= 1 for r in rows)
     assert digest(r18) == before
-
-
-def snapshot(run_dir: Path):
-    db = sqlite3.connect(run_dir / "labels.sqlite")
-    try:
-        labels = dict(db.execute("SELECT item_id, value FROM labels"))
-        batches = dict(db.execute("SELECT round, items FROM batches"))
-        metrics = [yaml.safe_load(r[0]) for r in db.execute("SELECT record FROM metrics ORDER BY round")]
-    finally:
-        db.close()
-    return labels, batches, [{k: v for k, v in m.items() if not k.endswith("_seconds")} for m in metrics]
-
-
-def metrics_rows(run_dir: Path) -> int:
-    if not (run_dir / "labels.sqlite").exists():
-        return 0
-    db = sqlite3.connect(run_dir / "labels.sqlite")
-    try:
-        if db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'metrics'").fetchone()[0] == 0:
-            return 0
-        return db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
-    finally:
-        db.close()
 
 
 @pytest.mark.slow
