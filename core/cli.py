@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import signal
 import sqlite3
 import sys
@@ -33,16 +34,41 @@ class Verb:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from . import distributed
     from . import recipe as recipes
     from .run import create_run
 
-    resolved = recipes.load(args.recipe, args.overrides)
-    run_dir = create_run(resolved, args.out)
+    rank, ranks = _nproc(args)
+    run_dir = None
+    if rank == 0:
+        run_dir = create_run(recipes.load(args.recipe, args.overrides), args.out)
+    if ranks > 1:                # under torchrun: rank 0 made the folder
+        run_dir = Path(distributed.send(str(run_dir)))
+    if args.nproc > 1:
+        return distributed.launch(["resume", str(run_dir), "--fresh", *(["-q"] if args.quiet else [])], args.nproc,
+                                  run_dir)
     return _drive(run_dir, args.quiet, fresh=True)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    return _drive(Path(args.run), args.quiet)
+    from . import distributed
+
+    _nproc(args)
+    if args.nproc > 1:
+        return distributed.launch(["resume", args.run, *(["-q"] if args.quiet else [])], args.nproc, args.run)
+    return _drive(Path(args.run), args.quiet, fresh=args.fresh)
+
+
+def _nproc(args: argparse.Namespace) -> tuple[int, int]:
+    """This process's (rank, world size), after checking ``--nproc`` against it."""
+    from .distributed import world
+
+    rank, ranks = world()
+    if args.nproc < 1:
+        raise UserError(f"--nproc: must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and ranks > 1:
+        raise UserError(f"--nproc: this process already runs as one of {ranks} (torchrun); leave --nproc out")
+    return rank, ranks
 
 
 class Terminated(Exception):
@@ -54,16 +80,25 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
 
 
 def _drive(run_dir: Path, quiet: bool, fresh: bool = False) -> int:
+    from . import distributed
     from .loop import Runner
 
+    rank, ranks = distributed.world()
+    if rank > 0:
+        return distributed.follow_run(run_dir)
     # Bars only on a terminal (a log file would get every redraw); a line per round unless --quiet.
     # fresh: a folder this command just made is removed again if its data turn out to be bad (nothing labelled).
     runner = Runner(run_dir, progress=not quiet and sys.stderr.isatty(), echo=not quiet, fresh=fresh)
+    if ranks > 1:
+        distributed.send(distributed.READY)
+    runner.store.set_state("workers", distributed.roll_call() if ranks > 1 else None)   # for `activelab status`
     if not quiet:
         print(f"run folder: {run_dir}", file=sys.stderr)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         outcome = runner.run()
+        if ranks > 1:
+            runner.task.finish()
     except KeyboardInterrupt:
         _set_status(runner, RunStatus.PAUSED)
         print(f"interrupted; every label given so far is saved. Continue with: activelab resume {run_dir}",
@@ -71,8 +106,9 @@ def _drive(run_dir: Path, quiet: bool, fresh: bool = False) -> int:
         return 130
     except Terminated:
         _set_status(runner, RunStatus.INTERRUPTED)
-        print(f"terminated; every label given so far is saved. Continue with: activelab resume {run_dir}",
-              file=sys.stderr)
+        if distributed.LAUNCHED not in os.environ:     # under --nproc the launcher says which worker failed
+            print(f"terminated; every label given so far is saved. Continue with: activelab resume {run_dir}",
+                  file=sys.stderr)
         return 143
     except BaseException:
         _set_status(runner, RunStatus.INTERRUPTED)  # an error stopped it: nobody is working on it any more
@@ -139,6 +175,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, merge
 
+    if _nproc(args)[1] > 1:
+        raise UserError("compare: not under torchrun; give --nproc N to run each of its runs on N processes")
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
     if args.merge is not None:
         if args.recipe or args.overrides or args.strategies:
@@ -149,7 +187,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             raise UserError("compare: give a recipe and --strategies, or --merge DIR [DIR ...] --out OUT")
         strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
         out = compare(args.recipe, strategies, args.seeds, args.out, args.overrides, metrics,
-                      progress=not args.quiet, target=args.target_strategy)
+                      progress=not args.quiet, target=args.target_strategy, nproc=args.nproc)
     print((out / "compare.md").read_text())
     print(f"tables: {out}/compare.md, {out}/compare.csv, {out}/compare.json; plot: {out}/compare.png",
           file=sys.stderr)
@@ -165,7 +203,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     else:
         print(f"{args.run}: {info['status']}, round {info['round']}, {info['labels']} labels, "
               f"{info['outstanding']} of {info['batch_size']} outstanding in the current batch")
+        if info["workers"]:
+            print("  workers: " + ", ".join(f"rank {w['rank']} pid {w['pid']} on {w['host']}" for w in info["workers"]))
     return 0
+
+
+NPROC = "worker processes sharing the queries (and training, for tasks that support it); default 1"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,11 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. loop.rounds=3")
     r.add_argument("--out", help="run folder (default runs/<name>-<time>)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--nproc", type=int, default=1, help=NPROC)
     r.set_defaults(func=_cmd_run)
 
     s = sub.add_parser("resume", help="continue an interrupted or paused run")
     s.add_argument("run")
     s.add_argument("-q", "--quiet", action="store_true")
+    s.add_argument("--nproc", type=int, default=1, help=NPROC)
+    s.add_argument("--fresh", action="store_true", help=argparse.SUPPRESS)   # `run --nproc`: the folder is new
     s.set_defaults(func=_cmd_resume)
 
     v = sub.add_parser("validate", help="check recipes without running them")
@@ -203,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no recipe: merge finished runs made separately (compare outputs or run folders) into --out")
     c.add_argument("--target-strategy", help="labels-to-reach target: this strategy's final score (default random)")
     c.add_argument("-q", "--quiet", action="store_true")
+    c.add_argument("--nproc", type=int, default=1, help=NPROC)
     c.set_defaults(func=_cmd_compare)
 
     st = sub.add_parser("status", help="where a run stands: round, labels, outstanding batch")
@@ -243,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:     # a worker of --nproc or torchrun
+            from .distributed import join
+
+            join()
         return args.func(args)
     except RecipeError as exc:
         for line in exc.lines():

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from . import hooks, registry, report
 from . import recipe as recipes
+from .distributed import launch
 from .errors import UserError
 from .loop import Runner
 from .protocol import RunStatus
@@ -44,7 +45,7 @@ def _check_metrics(wanted: list[str], known: set[str], base: recipes.Resolved, s
 
 def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None,
             overrides: list[str], metrics: list[str] | None = None, progress: bool = True,
-            target: str | None = None) -> Path:
+            target: str | None = None, nproc: int = 1) -> Path:
     base = recipes.load(recipe_path, overrides)
     if seeds < 1:
         raise UserError("--seeds: must be >= 1")
@@ -75,12 +76,19 @@ def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None
             create_run(resolved, run_dir)
         elif yaml.safe_load((run_dir / RECIPE_FILE).read_text()) != resolved_recipe(resolved):
             raise UserError(f"{run_dir}: made by a different recipe or strategy; remove it or choose another --out")
-        runner = Runner(run_dir, progress=False)
-        try:
-            if runner.run() != RunStatus.DONE:
-                raise UserError(f"{run_dir}: the oracle paused this run; finish it with `activelab resume {run_dir}`")
-        finally:
-            runner.close()
+        if nproc > 1:        # the run on nproc worker processes (activelab.distributed)
+            code = launch(["resume", str(run_dir), "-q"], nproc, run_dir)
+            if code:
+                raise UserError(f"{run_dir}: the run stopped (exit code {code}); see above")
+            status_now = status(run_dir)["status"]
+        else:
+            runner = Runner(run_dir, progress=False)
+            try:
+                status_now = runner.run()
+            finally:
+                runner.close()
+        if status_now != RunStatus.DONE:
+            raise UserError(f"{run_dir}: the oracle paused this run; finish it with `activelab resume {run_dir}`")
         done.append(read_run(run_dir, strategy))
         if known is None:  # a task that does not declare its metrics: check them on the first finished run
             known = {k for row in done[-1]["rows"] for k in row}

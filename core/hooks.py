@@ -97,6 +97,23 @@ class QueryType(Protocol):
     query_type: str
 
 
+class PredictBatchSize(Protocol):
+    """How many items each chunk ``predict`` yields holds (the last one fewer), the chunks numbered from
+    ``mc.chunk`` for their dropout masks. Several processes (:mod:`activelab.distributed`) split a query along
+    these chunks, so every output, MC dropout's included, equals one process's. Without it: chunks of 256 items,
+    and MC-dropout masks may differ from a one-process run's."""
+
+    predict_batch_size: int
+
+
+class FitsDistributed(Protocol):
+    """True for a task whose ``fit`` trains on every process together (DistributedDataParallel) when a process
+    group is initialised: every rank then calls ``fit``. Default False: rank 0 fits alone and sends its
+    ``state_dict`` to the other ranks."""
+
+    fits_distributed: bool
+
+
 # ------------------------------------------------------------------------------------------ oracle hooks
 class Interactive(Protocol):
     """True for an oracle that talks to a person on this terminal: the loop draws no progress bar over its
@@ -164,6 +181,14 @@ def query_type(task: Task) -> str:
     return _value(task, "query_type", "pool")
 
 
+def predict_batch_size(task: Task) -> int | None:
+    return _value(task, "predict_batch_size", None)
+
+
+def fits_distributed(task: Task) -> bool:
+    return bool(_value(task, "fits_distributed", False))
+
+
 def interactive(oracle: Oracle) -> bool:
     return bool(_value(oracle, "interactive", False))
 
@@ -193,6 +218,9 @@ HOOKS: dict[str, Hook] = {
     "lower_is_better": Hook("task", LowerIsBetter, _names, "a collection of metric names"),
     "metrics": Hook("task", Metrics, _names, "a collection of metric names"),
     "query_type": Hook("task", QueryType, lambda v: v in ("pool", "synthesis"), "'pool' or 'synthesis'"),
+    "predict_batch_size": Hook("task", PredictBatchSize, lambda v: isinstance(v, int) and v > 0,
+                               "a positive integer"),
+    "fits_distributed": Hook("task", FitsDistributed, lambda v: isinstance(v, bool), "True or False"),
     "interactive": Hook("oracle", Interactive, lambda v: isinstance(v, bool), "True or False"),
 }
 #: What the Protocols of :mod:`activelab.protocol` require: never mistaken for a misspelt hook.

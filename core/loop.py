@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import hooks
+from . import distributed, hooks
 from .device import pick_device
 from .errors import UserError
 from .pool import Outcome, make_pool
@@ -69,6 +69,8 @@ class Runner:
         self.env = Env(seed=self.recipe.seed, run_dir=self.run_dir, device=pick_device(), progress=progress)
         build = lambda kind: self.resolved.classes[kind](self.resolved.configs[kind], self.env)  # noqa: E731
         self.task = build("task")
+        if distributed.world()[1] > 1:   # several processes: the others follow this task (activelab.distributed)
+            self.task = distributed.Leader(self.task)
         self._check_data()
         self.scorer = build("scorer")
         self.cold_start = build("cold_start") if "cold_start" in self.resolved.classes else None

@@ -102,12 +102,15 @@ class MC:
       - ``"batchwise"``: one dropout mask per member, fixed across the whole pool (Ducoffe & Precioso 2015):
         member t is the same "partial network" for every item.
       - ``"bootstrap"``: members trained on bootstrap resamples by :meth:`Task.fit_bootstrap`.
-    Outputs then gain a leading axis of size ``samples``.
+    Outputs then gain a leading axis of size ``samples``. ``chunk``: the number of the call's first chunk; a task
+    numbers the chunks it yields from it when it draws dropout masks per chunk (several processes compute the
+    chunks of one query apart, :mod:`activelab.distributed`).
     """
 
     samples: int = 10
     mode: str = "dropout"
     seed: int = 0
+    chunk: int = 0
 
 
 class Text(str, Enum):

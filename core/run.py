@@ -190,7 +190,8 @@ def held(run_dir: Path) -> bool:
 
 
 def status(run_dir: str | Path) -> dict[str, Any]:
-    """Where a run stands: round, labelled count, batch outstanding."""
+    """Where a run stands: round, labelled count, batch outstanding; the worker processes of its last start on
+    several (``[{"rank", "host", "pid"}]``, None on one)."""
     run_dir = Path(run_dir)
     if not (run_dir / RECIPE_FILE).is_file() and not (run_dir / STORE_FILE).is_file():
         raise UserError(f"{run_dir}: not a run folder (no {STORE_FILE})")
@@ -210,6 +211,6 @@ def status(run_dir: str | Path) -> dict[str, Any]:
             state = RunStatus.INTERRUPTED  # killed, or stopped by an error: nobody is working on it
         return {"status": state, "round": rnd, "labels": store.count_labels(),
                 "batch_size": len(batch[0]) if batch else 0, "outstanding": outstanding,
-                "last_metrics": rows[-1] if rows else None}
+                "last_metrics": rows[-1] if rows else None, "workers": store.get_state("workers")}
     finally:
         store.close()

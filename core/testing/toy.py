@@ -112,6 +112,11 @@ class ToyTask:
         items = sorted(labels, key=self.items.position)          # independent of the labels' order
         return [self.items.position(i) for i in items], [int(labels[i]) for i in items]
 
+    @property
+    def predict_batch_size(self) -> int:
+        """The items of each chunk predict yields (hook): several processes split a query along them."""
+        return self.config.chunk_size
+
     def pool_ids(self) -> Sequence[ItemId]:
         return list(self.items.ids)
 
@@ -151,7 +156,7 @@ class ToyTask:
                 elif mc.mode == "bootstrap":
                     passes = [member(x) for member in self.members[: mc.samples]]
                 else:
-                    with mc_dropout(self.model, mc.mode, mc.seed, chunk=n) as drop:
+                    with mc_dropout(self.model, mc.mode, mc.seed, chunk=mc.chunk + n) as drop:
                         passes = [self.model(x) for _ in drop.members(mc.samples)]
                 out = {PROBS: torch.stack([p[0] for p in passes]).softmax(-1),
                        EMBEDDINGS: torch.stack([p[1] for p in passes])}

@@ -297,6 +297,11 @@ class TranslationTask:
         return self.cfg.model.restart_each_round if self.hf else not self.cfg.fine_tune
 
     # ------------------------------------------------------------------------------------------ training
+    @property
+    def predict_batch_size(self) -> int:
+        """The items of each chunk predict yields (hook): several processes split a query along them."""
+        return self.cfg.eval_batch_size
+
     def pool_ids(self) -> Sequence[ItemId]:
         return list(self.pool.ids)
 
@@ -418,7 +423,7 @@ class TranslationTask:
                     if mc is None:
                         out[NLL] = self.backend.nll(self.model, sources, hyps).cpu().numpy().astype(np.float64)
                     else:
-                        with self.backend.mc(self.model, mc.mode, mc.seed, chunk=n) as drop:
+                        with self.backend.mc(self.model, mc.mode, mc.seed, chunk=mc.chunk + n) as drop:
                             passes = [self.backend.nll(self.model, sources, hyps) for _ in drop.members(mc.samples)]
                         out[NLL] = torch.stack(passes).cpu().numpy().astype(np.float64)
             if DIFFICULTY in want:
