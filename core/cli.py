@@ -38,7 +38,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from . import recipe as recipes
     from .run import create_run
 
-    rank, ranks = _nproc(args)
+    rank, ranks = nproc_checked(args)
     run_dir = None
     if rank == 0:
         run_dir = create_run(recipes.load(args.recipe, args.overrides), args.out)
@@ -53,13 +53,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from . import distributed
 
-    _nproc(args)
+    nproc_checked(args)
     if args.nproc > 1:
         return distributed.launch(["resume", args.run, *(["-q"] if args.quiet else [])], args.nproc, args.run)
     return _drive(Path(args.run), args.quiet, fresh=args.fresh)
 
 
-def _nproc(args: argparse.Namespace) -> tuple[int, int]:
+def nproc_checked(args: argparse.Namespace) -> tuple[int, int]:
     """This process's (rank, world size), after checking ``--nproc`` against it."""
     from .distributed import world
 
@@ -172,28 +172,6 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare, merge
-
-    if _nproc(args)[1] > 1:
-        raise UserError("compare: not under torchrun; give --nproc N to run each of its runs on N processes")
-    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
-    if args.merge is not None:
-        if args.recipe or args.overrides or args.strategies:
-            raise UserError("compare --merge: give run folders only, no recipe, overrides or --strategies")
-        out = merge(args.merge, args.out, metrics, args.target_strategy)
-    else:
-        if not args.recipe or not args.strategies:
-            raise UserError("compare: give a recipe and --strategies, or --merge DIR [DIR ...] --out OUT")
-        strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-        out = compare(args.recipe, strategies, args.seeds, args.out, args.overrides, metrics,
-                      progress=not args.quiet, target=args.target_strategy, nproc=args.nproc)
-    print((out / "compare.md").read_text())
-    print(f"tables: {out}/compare.md, {out}/compare.csv, {out}/compare.json; plot: {out}/compare.png",
-          file=sys.stderr)
-    return 0
-
-
 def _cmd_status(args: argparse.Namespace) -> int:
     from .run import status
 
@@ -236,21 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plugins", help="list plugins, their components and where they came from")
     pl.set_defaults(func=_cmd_plugins)
-
-    c = sub.add_parser("compare", help="run a recipe under several strategies and seeds (or --merge finished runs); "
-                                       "write tables, compare.json and plots")
-    c.add_argument("recipe", nargs="?")
-    c.add_argument("overrides", nargs="*")
-    c.add_argument("--strategies", help="comma-separated: names from the recipe's strategies, or scorers")
-    c.add_argument("--seeds", type=int, default=5)
-    c.add_argument("--metrics", help="comma-separated metrics for the table (default: the task's primary metric)")
-    c.add_argument("--out", help="folder for the runs, table and plot (default runs/compare-<name>)")
-    c.add_argument("--merge", nargs="+", metavar="DIR",
-                   help="no recipe: merge finished runs made separately (compare outputs or run folders) into --out")
-    c.add_argument("--target-strategy", help="labels-to-reach target: this strategy's final score (default random)")
-    c.add_argument("-q", "--quiet", action="store_true")
-    c.add_argument("--nproc", type=int, default=1, help=NPROC)
-    c.set_defaults(func=_cmd_compare)
 
     st = sub.add_parser("status", help="where a run stands: round, labels, outstanding batch")
     st.add_argument("run")

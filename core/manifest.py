@@ -53,3 +53,4 @@ MANIFEST = Manifest(
         "schema": "activelab.schema:SCHEMA",
     },
 )
+        "compare": "activelab.evaluation.compare:COMPARE",

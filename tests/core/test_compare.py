@@ -9,7 +9,7 @@ import yaml
 
 from activelab import recipe as recipes
 from activelab.cli import main
-from activelab.compare import compare, merge
+from activelab.evaluation.compare import compare, merge
 from activelab.run import create_run
 
 TOY = {"name": "toy", "seed": 0, "task": {"name": "toy", "params": {"epochs": 2}}, "scorer": {"name": "entropy"},

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CORE = ROOT / "core"
 KERNEL = sorted(CORE.glob("*.py"))
 SHELVES = ("activelab.labelling", "activelab.strategies", "activelab.testing", "activelab.torchkit",
-           "activelab.schema", "activelab.plugins")
+           "activelab.schema", "activelab.evaluation", "activelab.plugins")
 
 
 def imports(path: Path) -> list[tuple[int, str]]:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from activelab.compare import write_report
-from activelab.report import auc, interval, labels_to_reach, paired_better, penalty, summarise
+from activelab.evaluation.compare import write_report
+from activelab.evaluation.statistics import auc, interval, labels_to_reach, paired_better, penalty, summarise
 
 
 def test_interval_is_the_student_t_interval_on_the_mean():

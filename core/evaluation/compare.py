@@ -3,26 +3,31 @@
 Each (strategy, seed) is an ordinary run folder under ``OUT/<strategy>/seed_<s>``; a comparison that was
 interrupted picks up where it stopped (finished runs are reused, unfinished ones resumed). ``compare --merge``
 (:func:`merge`) writes the same outputs for finished runs made separately, so no table is aggregated by hand. The
-statistics are those of :mod:`activelab.report`.
+statistics are those of :mod:`activelab.evaluation.statistics`. The verb comes from the core plugin's manifest.
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 from tqdm.auto import tqdm
 
-from . import hooks, registry, report
-from . import recipe as recipes
-from .distributed import launch
-from .errors import UserError
-from .loop import Runner
-from .protocol import RunStatus
-from .run import METRICS_FILE, RECIPE_FILE, create_run, resolved_recipe, status
+from activelab import hooks, registry
+from activelab import recipe as recipes
+from activelab.cli import NPROC, Verb, nproc_checked
+from activelab.distributed import launch
+from activelab.errors import UserError
+from activelab.loop import Runner
+from activelab.protocol import RunStatus
+from activelab.run import METRICS_FILE, RECIPE_FILE, create_run, resolved_recipe, status
+
+from . import statistics, tables
 
 LOOP_METRICS = frozenset({"round", "n_labeled", "n_queried", "fit_seconds", "score_seconds"})
 
@@ -105,8 +110,8 @@ def _command(args: list[str], metrics: list[str] | None, target: str | None) -> 
 
 
 def read_run(run_dir: Path, strategy: str) -> dict[str, Any]:
-    """A finished run as :func:`activelab.report.summarise` reads it: its metrics rows (``metrics.jsonl``), seed,
-    task and setting (the task name and the recipe name less the ``-<strategy>`` suffix compare gives it)."""
+    """A finished run as :func:`.statistics.summarise` reads it: its metrics rows (``metrics.jsonl``), seed, task
+    and setting (the task name and the recipe name less the ``-<strategy>`` suffix compare gives it)."""
     state = status(run_dir)["status"]
     if state != RunStatus.DONE or not (run_dir / METRICS_FILE).is_file():
         raise UserError(f"{run_dir}: not a finished run (status {state}); finish it with `activelab resume "
@@ -169,16 +174,54 @@ def write_report(runs: list[dict[str, Any]], out_dir: Path, metrics: list[str], 
     metrics row has a ``cost``) into ``out_dir``."""
     if target is not None and target not in {r["strategy"] for r in runs}:
         raise UserError(f"--target-strategy: no strategy '{target}' in the comparison")
-    summary = report.summarise(runs, metrics, metrics[0] in hooks.lower_is_better(task_cls), target)
+    summary = statistics.summarise(runs, metrics, metrics[0] in hooks.lower_is_better(task_cls), target)
     summary["command"] = command
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "compare.json").write_text(json.dumps(summary, indent=1))
-    table = report.csv_rows(summary)
+    table = tables.csv_rows(summary)
     with open(out_dir / "compare.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for row in table for k in row)))
         writer.writeheader()
         writer.writerows(table)
-    (out_dir / "compare.md").write_text(report.markdown(summary, title, command))
+    (out_dir / "compare.md").write_text(tables.markdown(summary, title, command))
     for x in summary["x"]:
-        report.plot_compare(summary, out_dir / ("compare.png" if x == "n_labeled" else f"compare_{x}.png"), x)
+        tables.plot_compare(summary, out_dir / ("compare.png" if x == "n_labeled" else f"compare_{x}.png"), x)
     return out_dir
+
+
+def _arguments(c: argparse.ArgumentParser) -> None:
+    c.add_argument("recipe", nargs="?")
+    c.add_argument("overrides", nargs="*")
+    c.add_argument("--strategies", help="comma-separated: names from the recipe's strategies, or scorers")
+    c.add_argument("--seeds", type=int, default=5)
+    c.add_argument("--metrics", help="comma-separated metrics for the table (default: the task's primary metric)")
+    c.add_argument("--out", help="folder for the runs, table and plot (default runs/compare-<name>)")
+    c.add_argument("--merge", nargs="+", metavar="DIR",
+                   help="no recipe: merge finished runs made separately (compare outputs or run folders) into --out")
+    c.add_argument("--target-strategy", help="labels-to-reach target: this strategy's final score (default random)")
+    c.add_argument("-q", "--quiet", action="store_true")
+    c.add_argument("--nproc", type=int, default=1, help=NPROC)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if nproc_checked(args)[1] > 1:
+        raise UserError("compare: not under torchrun; give --nproc N to run each of its runs on N processes")
+    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    if args.merge is not None:
+        if args.recipe or args.overrides or args.strategies:
+            raise UserError("compare --merge: give run folders only, no recipe, overrides or --strategies")
+        out = merge(args.merge, args.out, metrics, args.target_strategy)
+    else:
+        if not args.recipe or not args.strategies:
+            raise UserError("compare: give a recipe and --strategies, or --merge DIR [DIR ...] --out OUT")
+        strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+        out = compare(args.recipe, strategies, args.seeds, args.out, args.overrides, metrics,
+                      progress=not args.quiet, target=args.target_strategy, nproc=args.nproc)
+    print((out / "compare.md").read_text())
+    print(f"tables: {out}/compare.md, {out}/compare.csv, {out}/compare.json; plot: {out}/compare.png",
+          file=sys.stderr)
+    return 0
+
+
+COMPARE = Verb("run a recipe under several strategies and seeds (or --merge finished runs); write tables, "
+               "compare.json and plots", _arguments, _run)
