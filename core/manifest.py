@@ -51,6 +51,7 @@ MANIFEST = Manifest(
         "export": "activelab.labelling.commands:EXPORT",
         "import": "activelab.labelling.commands:IMPORT",
         "schema": "activelab.schema:SCHEMA",
+        "compare": "activelab.evaluation.compare:COMPARE",
     },
 )
         "compare": "activelab.evaluation.compare:COMPARE",
