@@ -54,4 +54,3 @@ MANIFEST = Manifest(
         "compare": "activelab.evaluation.compare:COMPARE",
     },
 )
-        "compare": "activelab.evaluation.compare:COMPARE",
