@@ -25,6 +25,9 @@ MANIFEST = Manifest(
             "badge": "activelab.strategies.batch:BADGE",
             "cluster_margin": "activelab.strategies.batch:ClusterMargin",
             "batchbald": "activelab.strategies.batchbald:BatchBALD",
+            # uncertain and diverse batches (issue 15)
+            "suggestive": "activelab.strategies.suggestive:SuggestiveAnnotation",
+            "usdm": "activelab.strategies.usdm:USDM",
             "per_cost": "activelab.strategies.cost:PerCost",
         },
         "selector": {
