@@ -132,9 +132,11 @@ def test_accessors_give_the_hook_or_its_default():
     assert hooks.label_cost(task) == task.label_cost and hooks.cost_unit(task) == "seconds"
     assert hooks.cost_unit(bare) == "labels"
     assert hooks.interactive(bare) is False
+    assert hooks.predict_batch_size(task) == task.config.chunk_size and hooks.predict_batch_size(bare) is None
+    assert hooks.fits_distributed(task) is False and hooks.fits_distributed(bare) is False
     assert set(hooks.HOOKS) == {"suggest", "label_schema", "parse_label", "corrupt_label", "fit_bootstrap",
                                 "lower_is_better", "metrics", "data_fingerprint", "query_type", "interactive",
-                                "label_cost", "cost_unit"}
+                                "label_cost", "cost_unit", "predict_batch_size", "fits_distributed"}
 
 
 def test_the_hook_protocols_are_documented():
