@@ -28,6 +28,12 @@ MANIFEST = Manifest(
             # uncertain and diverse batches (issue 15)
             "suggestive": "activelab.strategies.suggestive:SuggestiveAnnotation",
             "usdm": "activelab.strategies.usdm:USDM",
+            # learning loss (Yoo & Kweon 2019): a task's loss-prediction module's estimate (vision, speech)
+            "predicted_loss": "activelab.strategies.lossprediction:PredictedLoss",
+            # regression (issue 15): tasks with the `predictions` output
+            "emcm": "activelab.strategies.regression:EMCM",
+            "committee_variance": "activelab.strategies.regression:CommitteeVariance",
+            "gsx": "activelab.strategies.regression:GSx",
             "per_cost": "activelab.strategies.cost:PerCost",
         },
         "selector": {

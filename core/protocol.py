@@ -34,11 +34,18 @@ ItemId = str
 #: Well-known names for :meth:`Task.predict` outputs. A task lists the ones it can produce in ``Task.outputs``;
 #: a scorer lists the ones it needs in ``Scorer.needs``. Plugins may add their own names.
 PROBS = "probs"              # (B, C) class probabilities; (T, B, C) when an MC spec is given
-EMBEDDINGS = "embeddings"    # (B, D) penultimate-layer features
+PREDICTIONS = "predictions"  # regression: (B,) or (B, D) predicted values in the targets' units; (T, B, ...) with
+                             # an MC spec (bootstrap members, dropout passes)
+EMBEDDINGS = "embeddings"    # (B, D) penultimate-layer features (for a regressor: the input of its linear last
+                             # layer, which EMCM's closed-form gradient needs)
 FEATURES = "features"        # (B, D) a label-free representation (self-supervised, PCA): the same every round,
                              # available before any model is trained (cold start)
 MC_DROPOUT = "mc_dropout"    # capability: predict(..., mc=MC(mode="dropout" | "batchwise"))
 BOOTSTRAP = "bootstrap"      # capability: fit_bootstrap() + predict(..., mc=MC(mode="bootstrap"))
+PREDICTED_LOSS = "predicted_loss"   # (B,) a loss-prediction module's estimate of the item's loss (learning
+                                   # loss, Yoo & Kweon 2019): rank-trained, higher = a larger loss expected
+PREDICTED_LOSS_NORM = "predicted_loss_per_second"   # (B,) its estimate of the loss per unit of the item's
+                                   # length (the speech task's head trained on the loss per second of audio)
 
 
 @dataclass(frozen=True)

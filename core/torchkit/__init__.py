@@ -10,6 +10,8 @@ A task's ``fit`` stays in its own file and reads top to bottom; what every torch
 - :mod:`.optim`: ``build_optimizer``, adam / adamw / sgd from a task's settings;
 - :mod:`.dropout`: ``mc_dropout``, the MC-dropout switch behind ``predict(..., mc=MC(mode="dropout"))``;
 - :mod:`.hf`: ``load_from_disk``, Hugging Face datasets written by ``save_to_disk``, one rule for the splits.
+- :mod:`.lossnet`: learning loss (Yoo & Kweon): ``LossPredictionModule`` on a network's tapped stages, the
+  pair ``ranking_loss``, ``Taps`` (forward hooks) and the ``LossPredictionConfig`` recipe section.
 
 Seeds come from :func:`activelab.protocol.seed_for`, the one seed helper. The kernel (loop, store, recipe) does
 not import this package; tasks, and the toy task of :mod:`activelab.testing`, do.

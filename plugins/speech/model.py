@@ -16,6 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchaudio
 
+from activelab.torchkit.lossnet import LossPredictionModule as SharedLossPredictionModule
+from activelab.torchkit.lossnet import ranking_loss  # noqa: F401  (the shared ranking loss, re-exported)
+
 BLANK = 0
 
 
@@ -109,40 +112,18 @@ class ConformerEncoder(nn.Module):
         return taps
 
 
-class LossPredictionModule(nn.Module):
-    """Learning-loss module: each tapped feature map is mean-pooled over its real frames -> FC(hidden) -> ReLU;
-    the results are concatenated -> FC -> one predicted loss per utterance.
+class LossPredictionModule(SharedLossPredictionModule):
+    """The learning-loss module of :mod:`activelab.torchkit.lossnet` on encoder taps: each tapped feature map
+    (B, T, D) is mean-pooled over its real frames (``masked_mean``) before the shared module's FC(hidden) -> ReLU;
+    the results are concatenated -> FC -> the predicted losses per utterance.
 
     ``outputs`` final layers share the pooled features: the speech task trains one head to rank the raw
     utterance loss and one to rank the loss per second of audio (a ranking-trained value has no fixed offset,
     so dividing a raw prediction by the duration afterwards would not give a per-second ranking).
     """
 
-    def __init__(self, dims: list[int], hidden: int = 128, outputs: int = 1):
-        super().__init__()
-        self.fcs = nn.ModuleList(nn.Linear(d, hidden) for d in dims)
-        self.out = nn.Linear(hidden * len(dims), outputs)
-
-    def forward(self, taps: list[torch.Tensor], lengths: torch.Tensor) -> torch.Tensor:
-        pooled = [F.relu(fc(masked_mean(t, lengths))) for fc, t in zip(self.fcs, taps)]
-        return self.out(torch.cat(pooled, dim=1))            # (B, outputs)
-
-
-def ranking_loss(predicted: torch.Tensor, target: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
-    """The learning-loss pair ranking loss. The batch is split into pairs (i, B-1-i) (first half against the
-    reversed second half; an odd middle item sits out) and each pair costs
-    ``max(0, -sign(l_i - l_j) * (lhat_i - lhat_j) + margin)``; the mean over pairs is returned. ``target`` is
-    detached here, so the ranking loss never trains the model through the true losses."""
-    if predicted.shape != target.shape or predicted.dim() != 1:
-        raise ValueError(f"ranking_loss needs two 1-d tensors of one shape, got {tuple(predicted.shape)} and "
-                         f"{tuple(target.shape)}")
-    half = predicted.shape[0] // 2
-    if half == 0:
-        return predicted.sum() * 0.0
-    target = target.detach()
-    diff_pred = predicted[:half] - predicted.flip(0)[:half]
-    diff_true = target[:half] - target.flip(0)[:half]
-    return F.relu(-torch.sign(diff_true) * diff_pred + margin).mean()
+    def forward(self, taps: list[torch.Tensor], lengths: torch.Tensor) -> torch.Tensor:   # type: ignore[override]
+        return super().forward([masked_mean(t, lengths) for t in taps])            # (B, outputs)
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Scorers for speech recognition (higher = ask a transcriber first). Random sampling is the core's ``random``.
 
-- ``predicted_loss``: the loss-prediction module's estimate of the utterance's CTC loss (Yoo & Kweon's learning
-  loss, applied to ASR as by Luo et al. 2021). ``normalise: true`` (the default, as the card recommends) ranks by
-  the head trained on the loss per second of audio; ``false`` by the head trained on the raw utterance loss, which
-  favours long utterances.
+- ``predicted_loss`` (the core's, :mod:`activelab.strategies.lossprediction`, shared with the vision plugin): the
+  loss-prediction module's estimate of the utterance's CTC loss (Yoo & Kweon's learning loss, applied to ASR as by
+  Luo et al. 2021). Left unset, or ``normalise: true``, as the card recommends, it ranks by the head trained on the
+  loss per second of audio; ``false`` by the head trained on the raw utterance loss, which favours long utterances.
 - ``ctc_least_confidence``: ``1 - exp(mean_t log max_k p_t(k))``, one minus the geometric-mean confidence of the
   best CTC path's frames (length-normalised).
 - ``ctc_entropy``: the mean entropy of the CTC posteriors over the utterance's frames.
@@ -16,9 +16,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from activelab.protocol import Context, Env, ItemId, Task
+from activelab.strategies.lossprediction import PredictedLoss  # noqa: F401  (the core's; re-exported)
 from activelab.strategies.uncertainty import score_chunks
 
-from .task import CTC_ENTROPY, CTC_LEAST_CONFIDENCE, PREDICTED_LOSS, PREDICTED_LOSS_NORM
+from .task import CTC_ENTROPY, CTC_LEAST_CONFIDENCE
 
 
 class _NoParams(BaseModel):
@@ -37,19 +38,6 @@ class _Output:
 
     def score(self, task: Task, candidates: Sequence[ItemId], ctx: Context) -> Iterator[np.ndarray]:
         return score_chunks(task, candidates, self.needs, lambda out: out[self.output])
-
-
-class PredictedLoss(_Output):
-    """The loss-prediction module's estimate (per second of audio by default)."""
-
-    class Config(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        normalise: bool = True
-
-    def __init__(self, config: BaseModel | None = None, env: Env | None = None):
-        config = config or self.Config()
-        self.output = PREDICTED_LOSS_NORM if config.normalise else PREDICTED_LOSS
-        super().__init__(config, env)
 
 
 class CTCLeastConfidence(_Output):

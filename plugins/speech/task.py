@@ -11,11 +11,11 @@ learning-rate schedule. Training minimises
 
     mean_i CTC_i / |y_i|  +  weight * (rank(lhat_raw, CTC) + rank(lhat_per_second, CTC / seconds))
 
-where ``rank`` is the learning-loss pair ranking loss (margin xi = 1, targets detached; ``model.ranking_loss``)
-and CTC_i the utterance's loss ``-log p(y_i|x_i)``. After ``detach_after`` of the steps (the card: epoch 120 of
-200) the module's gradient stops at the encoder. The two heads are one deviation from the card, which predicts
-one loss: a ranking-trained prediction has no fixed offset, so "normalised by length" must be learnt, not
-divided out afterwards (see ``LossPredictionModule``).
+where ``rank`` is the learning-loss pair ranking loss (margin xi = 1, targets detached; shared with the vision
+plugin in ``activelab.torchkit.lossnet``) and CTC_i the utterance's loss ``-log p(y_i|x_i)``. After ``detach_after``
+of the steps (the card: epoch 120 of 200) the module's gradient stops at the encoder. The two heads are one
+deviation from the card, which predicts one loss: a ranking-trained prediction has no fixed offset, so "normalised
+by length" must be learnt, not divided out afterwards (see ``LossPredictionModule``).
 
 Predictions (per utterance, in chunks): the two predicted losses, the CTC posteriors' least confidence and entropy
 (both length-normalised), and the duration. :meth:`evaluate` decodes the test split greedily (WER and CER with
@@ -54,9 +54,19 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from activelab.errors import UserError
-from activelab.protocol import MC, Context, Env, ItemId, rng_for, seed_for
+from activelab.protocol import (
+    MC,
+    PREDICTED_LOSS,
+    PREDICTED_LOSS_NORM,
+    Context,
+    Env,
+    ItemId,
+    rng_for,
+    seed_for,
+)
 from activelab.recipe import DataPath
 from activelab.torchkit import ItemIndex, build_optimizer, check, checkpoint, restore, seeded
+from activelab.torchkit.lossnet import LossPredictionConfig, ranking_loss
 
 from .data import (
     SpeechDataConfig,
@@ -67,23 +77,12 @@ from .data import (
     read_audio,
     transcript_problem,
 )
-from .model import CTCModel, LogMel, ctc_losses, greedy_decode, posterior_statistics, ranking_loss
+from .model import CTCModel, LogMel, ctc_losses, greedy_decode, posterior_statistics
 
-PREDICTED_LOSS = "predicted_loss"                  # (B,) the module's raw-loss head
-PREDICTED_LOSS_NORM = "predicted_loss_per_second"  # (B,) its per-second head
+# PREDICTED_LOSS (B,): the module's raw-loss head; PREDICTED_LOSS_NORM (B,): its per-second head
 CTC_LEAST_CONFIDENCE = "ctc_least_confidence"      # (B,) 1 - geometric-mean best-path frame confidence
 CTC_ENTROPY = "ctc_entropy"                        # (B,) mean frame entropy
 DURATION = "duration_s"                            # (B,) seconds of audio
-
-
-class LossPredictionConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    hidden: int = Field(128, ge=1)             # FC width per tapped depth (card: 128)
-    weight: float = Field(1.0, ge=0)           # lambda (card: 1)
-    margin: float = Field(1.0, ge=0)           # xi (card: 1)
-    detach_after: float | None = Field(0.6, ge=0, le=1)   # fraction of steps; card: epoch 120 of 200; None = never
 
 
 class ModelConfig(BaseModel):

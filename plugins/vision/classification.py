@@ -43,6 +43,16 @@ frozen body's features of the pool and of the test split are computed once (in `
 request) and kept in memory, so fits and predictions run the head only. The checkpoint holds the trainable tensors
 (all of them unless ``freeze`` keeps some as loaded) and pins the architecture, ``freeze`` and a SHA-256 of the user's
 weights, whose frozen tensors are restored from the file; the user's file is only read.
+
+Learning loss (Yoo & Kweon, CVPR 2019): ``loss_prediction: {enabled: true, hidden, weight, margin, detach_after}``
+attaches a loss-prediction module (:mod:`activelab.torchkit.lossnet`, shared with the speech plugin) to the
+network's stages (``small_cnn``: both conv blocks and the hidden layer; ``resnet18`` and torchvision ResNets:
+``layer1`` .. ``layer4``), drawn after the network so the network's weights do not change. Each training step
+minimises ``cross-entropy + weight * ranking loss`` over the batch split into pairs; from epoch
+``detach_after * epochs`` on (the card: 120 of 200) the module reads detached stage outputs, so its gradient stops at
+the network. ``predict`` then yields ``predicted_loss`` (the core scorer of that name ranks by it; pair it with the
+``subsample`` selector, as the paper scores a random 10,000 of the pool) and ``evaluate`` reports
+``loss_spearman``. The module is part of the model: checkpoints, fine-tuning and bootstrap members carry it.
 """
 from __future__ import annotations
 
@@ -58,15 +68,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from scipy.stats import spearmanr
 from sklearn.metrics import accuracy_score, f1_score
 from tqdm.auto import tqdm
 
+from activelab.errors import UserError
 from activelab.protocol import (
     BOOTSTRAP,
     EMBEDDINGS,
     FEATURES,
     MC,
     MC_DROPOUT,
+    PREDICTED_LOSS,
     PROBS,
     Context,
     Env,
@@ -75,11 +88,13 @@ from activelab.protocol import (
     seed_for,
 )
 from activelab.torchkit import ItemIndex, build_optimizer, check, checkpoint, mc_dropout, restore, seeded
+from activelab.torchkit.lossnet import LossPredictionConfig, LossPredictionModule, Taps, channels, ranking_loss
 
-from .backbones import MODEL_KINDS, Backbone, HFImageModelConfig, TorchvisionModelConfig
+from .backbones import MODEL_KINDS, Backbone, BackboneClassifier, HFImageModelConfig, TorchvisionModelConfig
 from .ceal import ceal_delta, entropy, high_confidence
 from .datasets import DataConfig, load_data
 from .features import FeaturesConfig, PoolFeatures
+from .images import write_preview
 from .models import build_model
 
 
@@ -134,6 +149,12 @@ class ClassificationConfig(BaseModel):
     probe: ProbeConfig = Field(default_factory=ProbeConfig, description=(
         "model: linear_probe only: how its head is trained (full-batch Adam; lr, epochs, min_steps, batch_size and "
         "optimizer are the CNNs')"))
+    loss_prediction: LossPredictionConfig = Field(
+        default_factory=lambda: LossPredictionConfig(enabled=False), description=(
+            "learning loss (Yoo & Kweon 2019), off unless this section is given: a loss-prediction module on the "
+            "network's stages (small_cnn, resnet18, a torchvision ResNet that trains), trained with the ranking "
+            "loss, its gradient stopped at the network after detach_after of the epochs; the task then offers "
+            "predicted_loss (the scorer of that name)"))
 
     @field_validator("model", mode="before")
     @classmethod
@@ -149,6 +170,9 @@ class ClassificationConfig(BaseModel):
 
 MC_MODES = ("dropout", "batchwise", "bootstrap")
 PROBE = "linear_probe"
+#: capability (an entry of ``outputs``): the task classifies images outside its pool, ``pool_images()``,
+#: ``predict_images(images, want)`` and ``image_logits(images)``; what ASAL (:mod:`.asal`) asks of it
+IMAGES = "images"
 
 class ClassificationTask:
     """CEAL image classification on digits, an image folder, a saved Hugging Face dataset, MNIST or
@@ -156,9 +180,10 @@ class ClassificationTask:
     or transformers classifier from local files."""
 
     Config = ClassificationConfig
-    outputs = frozenset({PROBS, EMBEDDINGS, FEATURES, MC_DROPOUT, BOOTSTRAP})
+    outputs = frozenset({PROBS, EMBEDDINGS, FEATURES, MC_DROPOUT, BOOTSTRAP, PREDICTED_LOSS, IMAGES})
     primary_metric = "accuracy"
-    metrics = ("accuracy", "macro_f1", "n_train", "n_pseudo", "train_loss", "delta", "pseudo_accuracy")
+    metrics = ("accuracy", "macro_f1", "n_train", "n_pseudo", "train_loss", "delta", "pseudo_accuracy", "train_rank",
+               "loss_spearman")
     query_type = "pool"
 
     def __init__(self, config: ClassificationConfig, env: Env):
@@ -185,6 +210,8 @@ class ClassificationTask:
                 self.backbone = Backbone(config.model, images.shape[1], tuple(images.shape[-2:]), len(self.classes),
                                          config.dropout, self._mean.flatten().tolist(), self._std.flatten().tolist())
         self._frozen: dict[str, torch.Tensor] = {}     # freeze: linear_probe: the frozen body's features per split
+        if not config.loss_prediction.enabled:          # predicted_loss needs the loss-prediction module
+            self.outputs = type(self).outputs - {PREDICTED_LOSS}
         self.model = self._new_model(seed_for(env.seed, "vision-init"))
         self.optimizer = self._new_optimizer(self.model)
         self.fitted = False
@@ -200,12 +227,35 @@ class ClassificationTask:
         if self.backbone is not None:
             with seeded(seed):
                 model = self.backbone.new_model()
+                self._attach_loss_module(model)
             return model.to(self.device)
         channels, size = self.pool.images.shape[1], self.pool.images.shape[-1]
         with seeded(seed):
             model = build_model(self.cfg.model, channels, len(self.classes), size, self.cfg.dropout,
                                 feature_dim=self.pool_features.dim)
+            self._attach_loss_module(model)
         return model.to(self.device)
+
+    def _attach_loss_module(self, model: torch.nn.Module) -> None:
+        """With ``loss_prediction`` on: ``model.loss_module``, a :class:`LossPredictionModule` reading the outputs of
+        ``model.loss_taps`` (its stages), drawn from torch's generator after the network (whose weights are therefore
+        the same with the module as without)."""
+        lp = self.cfg.loss_prediction
+        if not lp.enabled:
+            return
+        stages = getattr(model, "stages", None)
+        if stages is None and isinstance(model, BackboneClassifier) and \
+                all(hasattr(model.body, f"layer{i}") for i in range(1, 5)):      # torchvision's ResNet family
+            stages = tuple(f"body.layer{i}" for i in range(1, 5))
+        if stages is None or getattr(model, "frozen_body", False):
+            what = "freeze: linear_probe" if getattr(model, "frozen_body", False) else \
+                self.backbone.kind if self.backbone is not None else self.cfg.model
+            raise UserError(f"task.params.loss_prediction: the loss-prediction module reads the stages of a network "
+                            f"that trains: small_cnn, resnet18, or a torchvision ResNet (resnet*, resnext*, "
+                            f"wide_resnet*) with freeze none or last_block; not {what}")
+        example = torch.zeros(2, *self.pool.images.shape[1:])
+        model.loss_taps = tuple(stages)
+        model.loss_module = LossPredictionModule(channels(model, stages, example), lp.hidden)
 
     def _new_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         if self.probe:
@@ -219,6 +269,53 @@ class ClassificationTask:
         if self._test_features is None:
             self._test_features = self.pool_features.embed(self.test.images)
         return self._test_features
+
+    # ------------------------------------------------------------------------------------------ any images (ASAL)
+    def pool_images(self) -> torch.Tensor:
+        """The pool's images, N x C x H x W float32 in [0, 1], in ``pool_ids`` order (what a generative model of the
+        pool trains on; the labels are not part of it)."""
+        return self.pool.images
+
+    def predict_images(self, images: torch.Tensor, want: Collection[str]) -> dict[str, np.ndarray]:
+        """``probs``, ``embeddings`` and ``features`` of any images shaped as the pool's (N x C x H x W in [0, 1]),
+        by the current classifier (eval mode) and the pool's frozen feature map, in ``eval_batch_size`` blocks."""
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in want}
+        for start in range(0, len(images), self.cfg.eval_batch_size):
+            block = images[start:start + self.cfg.eval_batch_size]
+            if FEATURES in want or self.probe:
+                feats = self.pool_features.embed(block)
+            if FEATURES in want:
+                parts[FEATURES].append(feats)
+            if set(want) & {PROBS, EMBEDDINGS}:
+                self.model.eval()
+                x = torch.from_numpy(np.ascontiguousarray(feats)).to(self.device) if self.probe \
+                    else self._image_inputs(block)
+                with torch.inference_mode():
+                    h = self.model.features(x)
+                    out = self._outputs(h[None], self.model.classify(h)[None], set(want), squeeze=True)
+                for name, value in out.items():
+                    parts[name].append(value)
+        return {name: np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+                for name, chunks in parts.items()}
+
+    def image_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The current classifier's logits for any images shaped as the pool's, differentiable with respect to the
+        images (eval mode: no dropout; the model's own gradients are left to the caller to not accumulate, e.g. with
+        ``torch.autograd.grad``). Not for ``model: linear_probe``, whose frozen features are no torch function of
+        the pixels here."""
+        if self.probe:
+            raise UserError("model: linear_probe classifies precomputed features, which have no gradient with respect "
+                            "to the pixels: optimise generated images with a model on pixels (small_cnn, resnet18, "
+                            "your own) or sample them instead")
+        self.model.eval()
+        return self.model(self._image_inputs(images))
+
+    def _image_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] as the (non-probe) model reads them: normalised, or as they are for a pretrained model."""
+        images = images.to(self.device)
+        if self.backbone is not None:
+            return images
+        return (images - self._mean.to(self.device)) / self._std.to(self.device)
 
     def _inputs(self, positions: np.ndarray, split: str = "pool") -> torch.Tensor:
         """The model's inputs for the items at ``positions`` of ``split`` ("pool" or "test"): the normalised images,
@@ -249,6 +346,11 @@ class ClassificationTask:
     # ------------------------------------------------------------------------------------------ protocol
     def pool_ids(self) -> Sequence[ItemId]:
         return list(self.pool.ids)
+
+    @property
+    def predict_batch_size(self) -> int:
+        """The items of each chunk predict yields (hook): several processes split a query along them."""
+        return self.cfg.eval_batch_size
 
     def _labelled(self, labels: Mapping[ItemId, Any]) -> tuple[np.ndarray, np.ndarray]:
         """Pool positions and class indices of the labelled items, in sorted order of item id."""
@@ -290,11 +392,13 @@ class ClassificationTask:
             self.optimizer = self._new_optimizer(self.model)
         train_pos = np.concatenate([positions, pseudo_pos])
         train_y = np.concatenate([y, pseudo_y])
+        ranking: dict[str, float] = {}
         loss = self._train(self.model, self.optimizer, train_pos, train_y, self.cfg.epochs,
                            seed_for(ctx.seed, ctx.round, "vision-fit"), desc=f"fit round {ctx.round}",
-                           progress=self.env.progress and ctx.progress)
+                           progress=self.env.progress and ctx.progress, stats=ranking)
         self.fitted = True
-        stats: dict[str, float] = {"n_train": int(len(train_y)), "n_pseudo": int(len(pseudo_y)), "train_loss": loss}
+        stats: dict[str, float] = {"n_train": int(len(train_y)), "n_pseudo": int(len(pseudo_y)), "train_loss": loss,
+                                   **ranking}
         if delta is not None:
             stats["delta"] = float(delta)
         if len(pseudo_y):
@@ -302,9 +406,13 @@ class ClassificationTask:
         return stats
 
     def _train(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, positions: np.ndarray,
-               y: np.ndarray, epochs: int, seed: int, desc: str = "fit", progress: bool = False) -> float:
+               y: np.ndarray, epochs: int, seed: int, desc: str = "fit", progress: bool = False,
+               stats: dict[str, float] | None = None) -> float:
         """Mini-batch training (the probe: full-batch, see :meth:`_train_probe`); returns the mean loss of the last
-        epoch."""
+        epoch. With a loss-prediction module (``loss_prediction``) each step minimises the cross-entropy plus
+        ``weight`` times the ranking loss (:meth:`_learning_loss`), the module reading detached stage outputs from
+        epoch ``detach_after * epochs`` on; ``stats`` then receives ``train_rank``, the last epoch's mean ranking
+        loss (the returned loss stays the cross-entropy)."""
         if self.probe:
             return self._train_probe(model, optimizer, positions, y, seed, desc, progress)
         n = len(y)
@@ -320,22 +428,43 @@ class ClassificationTask:
             starts.pop()    # no batch of one item (batch norm in resnet18 cannot train on it)
         bounds = list(zip(starts, starts[1:] + [n]))
         shuffle = torch.Generator().manual_seed(seed)
+        lp, module = self.cfg.loss_prediction, getattr(model, "loss_module", None)
+        detach_from = math.inf if module is None or lp.detach_after is None else lp.detach_after * epochs
         model.train()
         last = float("nan")
         with seeded(seed, self.device):      # dropout masks
-            for _ in tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress, leave=False):
+            for epoch in tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress, leave=False):
                 order = torch.randperm(n, generator=shuffle).to(self.device)
-                total = 0.0
+                total = ranked = 0.0
                 for a, b in bounds:
                     batch = order[a:b]
-                    loss = F.cross_entropy(forward(x[batch]), target[batch])
+                    if module is None:
+                        loss = objective = F.cross_entropy(forward(x[batch]), target[batch])
+                    else:
+                        loss, rank = self._learning_loss(model, x[batch], target[batch], epoch >= detach_from)
+                        objective = loss + lp.weight * rank
+                        ranked += float(rank.detach()) * (b - a)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    objective.backward()
                     optimizer.step()
                     total += float(loss.detach()) * (b - a)
                 last = total / n
         model.eval()
+        if module is not None and stats is not None:
+            stats["train_rank"] = ranked / n
         return last
+
+    def _learning_loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                       detach: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean cross-entropy, ranking loss) of one batch: the loss-prediction module reads the stages' outputs
+        (detached with ``detach``: its gradient then stops at the network) and ranks the items' cross-entropies,
+        pairing the batch's first half with its reversed second half (Yoo & Kweon)."""
+        with Taps(model, model.loss_taps) as taps:
+            logits = model(x)
+        losses = F.cross_entropy(logits, y, reduction="none")
+        features = [t.detach() for t in taps.outputs] if detach else taps.outputs
+        predicted = model.loss_module(features)[:, 0]
+        return losses.mean(), ranking_loss(predicted, losses, self.cfg.loss_prediction.margin)
 
     def _train_probe(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, positions: np.ndarray,
                      y: np.ndarray, seed: int, desc: str = "fit", progress: bool = False) -> float:
@@ -382,6 +511,12 @@ class ClassificationTask:
             if mc.mode == "bootstrap" and mc.samples > len(self.members):
                 raise ValueError(f"MC(mode='bootstrap', samples={mc.samples}) needs fit_bootstrap(labels, n >= "
                                  f"{mc.samples}) first; {len(self.members)} members trained")
+        if PREDICTED_LOSS in want:
+            if getattr(self.model, "loss_module", None) is None:
+                raise UserError("the predicted_loss output (the predicted_loss scorer) needs the loss-prediction "
+                                "module: add task.params.loss_prediction: {enabled: true}")
+            if mc is not None:
+                raise ValueError("predicted_loss has no Monte-Carlo form: ask for it with mc=None")
         return self._predict_positions(self.items.positions(ids), set(want), mc)
 
     def _predict_positions(self, positions: np.ndarray, want: set[str], mc: MC | None,
@@ -394,7 +529,7 @@ class ClassificationTask:
         bs = self.cfg.eval_batch_size
         for n, start in enumerate(range(0, len(positions), bs)):
             chunk = positions[start:start + bs]
-            if not want & {PROBS, EMBEDDINGS}:      # features only: the classifier is not run
+            if not want & {PROBS, EMBEDDINGS, PREDICTED_LOSS}:      # features only: the classifier is not run
                 out = {}
             else:
                 out = self._model_outputs(split, chunk, n, want, models, mc)
@@ -409,7 +544,12 @@ class ClassificationTask:
         frozen = getattr(self.model, "frozen_body", False)
         x = None if frozen else self._inputs(chunk, split)
         with torch.inference_mode():
-            if mc is None:
+            if mc is None and PREDICTED_LOSS in want:     # the stages' outputs too, for the loss-prediction module
+                with Taps(self.model, self.model.loss_taps) as taps:
+                    h = self.model.features(x)
+                out = self._outputs(h[None], self.model.classify(h)[None], want, squeeze=True)
+                out[PREDICTED_LOSS] = self.model.loss_module(taps.outputs)[:, 0].float().cpu().numpy()
+            elif mc is None:
                 h = self._features(self.model, chunk, split) if frozen else self.model.features(x)
                 out = self._outputs(h[None], self.model.classify(h)[None], want, squeeze=True)
             elif mc.mode == "bootstrap":
@@ -420,7 +560,7 @@ class ClassificationTask:
                 # dropout sits only in the head: features once, the head T times. The block is closed before
                 # the yield, so the model is never left in MC mode while the caller holds this generator.
                 h = self._features(self.model, chunk, split) if frozen else self.model.features(x)
-                with mc_dropout(self.model, mc.mode, mc.seed, chunk=n) as drop:
+                with mc_dropout(self.model, mc.mode, mc.seed, chunk=mc.chunk + n) as drop:
                     logits = torch.stack([self.model.classify(h) for _ in drop.members(mc.samples)])
                 out = self._outputs(h.expand(mc.samples, *h.shape), logits, want)
         return out
@@ -438,13 +578,23 @@ class ClassificationTask:
         return out
 
     def evaluate(self) -> Mapping[str, float]:
+        """Accuracy and macro F1 on the test split; with a loss-prediction module also ``loss_spearman``, the rank
+        correlation between its predicted loss and the true cross-entropy over the test split (how well it ranks)."""
         positions = np.arange(len(self.test), dtype=np.int64)
-        chunks = [out[PROBS] for out in self._predict_positions(positions, {PROBS}, None, "test")]
-        predicted = np.concatenate(chunks).argmax(axis=1)
+        ranks = getattr(self.model, "loss_module", None) is not None
+        outs = list(self._predict_positions(positions, {PROBS, PREDICTED_LOSS} if ranks else {PROBS}, None, "test"))
+        probs = np.concatenate([out[PROBS] for out in outs])
+        predicted = probs.argmax(axis=1)
         truth = self.test.labels
-        return {"accuracy": float(accuracy_score(truth, predicted)),
-                "macro_f1": float(f1_score(truth, predicted, average="macro", labels=list(range(len(self.classes))),
-                                           zero_division=0))}
+        metrics = {"accuracy": float(accuracy_score(truth, predicted)),
+                   "macro_f1": float(f1_score(truth, predicted, average="macro", labels=list(range(len(self.classes))),
+                                              zero_division=0))}
+        if ranks and len(truth) > 2:
+            true_loss = -np.log(np.maximum(probs[np.arange(len(truth)), truth].astype(np.float64), 1e-12))
+            rho = float(spearmanr(np.concatenate([out[PREDICTED_LOSS] for out in outs]), true_loss).statistic)
+            if np.isfinite(rho):                     # undefined when either side is constant
+                metrics["loss_spearman"] = rho
+        return metrics
 
     def data_fingerprint(self) -> str:
         """sha256 (hex) of the data as loaded: the classes and, for the pool and the test set, the item ids, the
@@ -498,19 +648,12 @@ class ClassificationTask:
 
     def _preview(self, item_id: ItemId, position: int) -> Path:
         """A PNG of an in-memory image, upscaled for a person to see, written on first request."""
-        from PIL import Image
         if self._preview_dir is None:
             base = (Path(self.env.run_dir) if self.env.run_dir is not None
                     else Path(tempfile.mkdtemp(prefix="activelab-")))
             self._preview_dir = base / "previews"
         path = self._preview_dir / (re.sub(r"[^A-Za-z0-9_.-]", "_", item_id) + ".png")
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            array = (self.pool.images[position].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-            img = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
-            scale = max(1, 128 // max(img.size))
-            img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
-        return path
+        return write_preview(self.pool.images[position].numpy(), path)
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _matches(self) -> dict[str, Any]:

@@ -173,3 +173,18 @@ def check_image_file(path: str | Path) -> tuple[int, int]:
         if is_high_depth(img.mode):
             _unit_grey(img)
     return width, height
+
+
+def write_preview(pixels: np.ndarray, path: Path, min_size: int = 128) -> Path:
+    """Write float pixels in [0, 1] (C x H x W, C = 1 or 3) as a PNG at ``path`` (folders made as needed), upscaled
+    by a whole factor (nearest neighbour) to about ``min_size`` pixels, for a person to see; returns ``path``. Left
+    as it is when the file exists (the tasks' previews of in-memory images are written on first request)."""
+    if path.exists():
+        return path
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = (np.clip(pixels, 0.0, 1.0) * 255).round().astype(np.uint8)
+    img = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
+    scale = max(1, min_size // max(img.size))
+    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
+    return path

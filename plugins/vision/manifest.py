@@ -8,6 +8,8 @@ MANIFEST = Manifest(
     components={
         "task": {
             "classification": "activelab.plugins.vision.classification:ClassificationTask",
+            # image regression (issue 15): the rotation angle of digits / MNIST images
+            "rotation": "activelab.plugins.vision.regression:RotationTask",
             "restoration": "activelab.plugins.vision.restoration:RestorationTask",
             "detection": "activelab.plugins.vision.detection.task:DetectionTask",
         },

@@ -39,6 +39,9 @@ class SmallCNN(nn.Module):
         self.fc = nn.Linear(hidden, num_classes)
         self.embedding_dim = hidden
 
+    #: what a loss-prediction module reads (``loss_prediction``): each conv block's pooled output and the hidden layer
+    stages = ("body.4", "body.7", "body.11")
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
 
@@ -71,6 +74,9 @@ class ResNet18(nn.Module):
         self.fc = net.fc
         net.fc = nn.Identity()
         self.embedding_dim = 512
+
+    #: what a loss-prediction module reads (``loss_prediction``): the four residual stages, as in Yoo & Kweon
+    stages = ("net.layer1", "net.layer2", "net.layer3", "net.layer4")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)          # fc is the identity: avgpool + flatten output

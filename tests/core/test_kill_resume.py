@@ -50,6 +50,19 @@ RESTORE = {
 }
 
 
+# Image regression with EMCM: every round's scoring trains a bootstrap committee (seeded by seed and round), and
+# a fresh network is fitted each round, so a resumed run must score and fit exactly as an uninterrupted one.
+ROTATION = {
+    "name": "rotation-kill",
+    "seed": 5,
+    "task": {"plugin": "vision", "name": "rotation",
+             "params": {"data": {"kind": "digits", "max_pool": 300, "max_test": 100}, "epochs": 4, "min_steps": 20}},
+    "scorer": {"plugin": "core", "name": "emcm", "params": {"size": 2}},
+    "oracle": {"name": "simulated", "params": {"delay_s": 0.01}},
+    "loop": {"rounds": 4, "initial": 20, "batch": 15, "keep_checkpoints": 1},
+}
+
+
 def cli(*args, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "activelab.cli", *args], env=env,
@@ -76,7 +89,8 @@ def strip_times(rows):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("data", [TOY, CEAL, RESTORE], ids=["toy", "ceal-digits", "restoration"])
+@pytest.mark.parametrize("data", [TOY, CEAL, RESTORE, ROTATION],
+                         ids=["toy", "ceal-digits", "restoration", "rotation-emcm"])
 def test_sigkill_at_random_moments_then_resume(tmp_path, data):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(data))

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from activelab.protocol import EMBEDDINGS, MC, Env, rng_for
+from activelab.protocol import EMBEDDINGS, FEATURES, MC, PREDICTIONS, Env, rng_for
 from activelab.testing import TaskConformance, make_context
 from activelab_tabular.regression import PREDICTION, TabularRegression
 
@@ -94,6 +94,14 @@ def test_bootstrap_committee_disagrees_and_leaves_the_model_alone():
     np.testing.assert_array_equal(predictions(task, ids), before)
     task.fit(labels, make_context(round=1))
     assert task.members == [], "a new fit must drop the stale committee"
+
+
+def test_features_are_the_standardised_inputs():
+    task = make_task(chunk_size=16)
+    ids = list(task.pool_ids())[:40]
+    features = np.concatenate([c[FEATURES] for c in task.predict(ids, {FEATURES}, None)])
+    np.testing.assert_array_equal(features, task.x[:40].numpy())
+    assert PREDICTION == PREDICTIONS == "predictions"
 
 
 def test_fit_with_a_single_label():

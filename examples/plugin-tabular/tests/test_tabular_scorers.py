@@ -4,6 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from activelab.protocol import BOOTSTRAP, MC_DROPOUT, Env, iter_chunks
+from activelab.strategies.regression import EMCM, GSx
 from activelab.testing import ScorerConformance, make_context
 from activelab_tabular.classification import TabularClassification
 from activelab_tabular.regression import PREDICTION, TabularRegression
@@ -38,6 +39,21 @@ class TestCommitteeVarianceConformance(ScorerConformance):
 class TestDropoutCommitteeConformance(TestCommitteeVarianceConformance):
     def make_scorer(self):
         return CommitteeVariance(CommitteeVariance.Config(members="dropout", size=4), Env())
+
+
+class TestCoreEMCMOnTables(TestCommitteeVarianceConformance):
+    """The core's regression scorers work on this task unchanged: it offers ``predictions``, the linear head's
+    input as ``embeddings`` (EMCM's gradient), bootstrap members and its inputs as ``features`` (GSx)."""
+
+    covers = None
+
+    def make_scorer(self):
+        return EMCM(EMCM.Config(size=3), Env())
+
+
+class TestCoreGSxOnTables(TestCoreEMCMOnTables):
+    def make_scorer(self):
+        return GSx(GSx.Config(), Env())
 
 
 # ------------------------------------------------------------------------------------------- the measure

@@ -314,7 +314,7 @@ def test_audio_is_read_at_the_extractors_rate(commands, tmp_path):
 
 # ------------------------------------------------------------------------------------------ scorers
 class TestPredictedLossOnACheckpoint(ScorerConformance):
-    covers = ("speech", "scorer", "predicted_loss")
+    covers = ("core", "scorer", "predicted_loss")
 
     @pytest.fixture(autouse=True)
     def _task(self, fitted):

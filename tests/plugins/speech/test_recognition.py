@@ -162,7 +162,7 @@ def test_a_state_dict_round_trip_predicts_the_same(commands, fitted, layout, old
 
 
 class TestPredictedLossConformance(ScorerConformance):
-    covers = ("speech", "scorer", "predicted_loss")
+    covers = ("core", "scorer", "predicted_loss")         # the core's scorer, on the speech task
 
     @pytest.fixture(autouse=True)
     def _task(self, fitted):
@@ -193,11 +193,15 @@ def test_scorers_read_the_outputs_they_name(fitted):
     ids = list(fitted.pool_ids())[16:30]
     out = {k: np.concatenate([c[k] for c in fitted.predict(ids, fitted.outputs)]) for k in fitted.outputs}
     ctx = make_context(round=1)
-    cases = [(PredictedLoss(), PREDICTED_LOSS_NORM),
-             (PredictedLoss(PredictedLoss.Config(normalise=False)), PREDICTED_LOSS),
-             (CTCLeastConfidence(), CTC_LEAST_CONFIDENCE), (CTCEntropy(), "ctc_entropy")]
-    for scorer, name in cases:
-        assert set(scorer.needs) == {name}
+    # the core's predicted_loss, normalise left unset, needs the raw estimate every such task offers and ranks by
+    # the per-second head where the task has one, as speech does
+    cases = [(PredictedLoss(), PREDICTED_LOSS_NORM, PREDICTED_LOSS),
+             (PredictedLoss(PredictedLoss.Config(normalise=True)), PREDICTED_LOSS_NORM, PREDICTED_LOSS_NORM),
+             (PredictedLoss(PredictedLoss.Config(normalise=False)), PREDICTED_LOSS, PREDICTED_LOSS),
+             (CTCLeastConfidence(), CTC_LEAST_CONFIDENCE, CTC_LEAST_CONFIDENCE),
+             (CTCEntropy(), "ctc_entropy", "ctc_entropy")]
+    for scorer, name, needs in cases:
+        assert set(scorer.needs) == {needs}
         np.testing.assert_array_equal(np.concatenate(list(scorer.score(fitted, ids, ctx))), out[name])
 
 

@@ -2,13 +2,17 @@
 
 Same shape as :mod:`.classification` (read that first); what differs, and why:
 
-- The output is a plugin-specific name, ``PREDICTION`` (``"prediction"``): the core's well-known names are for
-  classifiers (``PROBS``), and a plugin may add its own. Scorers that need it say so in their ``needs``
-  (this plugin's ``committee_variance``); the recipe validator matches the two before anything runs, so asking
-  for ``entropy`` on a regression task is a clear error.
+- The output is ``PREDICTIONS`` (``"predictions"``), the core's well-known name for a regressor's values (this
+  module calls it ``PREDICTION``, the name it had when it was the plugin's own). Scorers that need it say so in
+  their ``needs`` (this plugin's ``committee_variance``; the core's ``emcm``, ``committee_variance`` and ``gsx``);
+  the recipe validator matches the two before anything runs, so asking for ``entropy`` on a regression task is a
+  clear error.
 - ``BOOTSTRAP``: ``fit_bootstrap(labels, size, seed)`` trains a committee that ``predict`` then serves under
   ``MC(mode="bootstrap")``, exactly as the core's ``qbc`` expects of a classifier. ``MC_DROPOUT`` is offered too.
-- ``EMBEDDINGS`` lets the core's task-independent ``kcenter`` (core-set) scorer work on tables unchanged.
+- ``EMBEDDINGS`` (the input of the MLP's linear head) lets the core's task-independent ``kcenter`` (core-set)
+  scorer work on tables unchanged, and gives the core's ``emcm`` its closed-form last-layer gradient.
+- ``FEATURES``: the standardised input row itself, the same every round (no sample axis under ``mc``): the input
+  space in which the core's ``gsx`` (greedy sampling) measures distances.
 - ``lower_is_better``: rmse and mae are errors; reports use this to say when a strategy "reaches" a target.
 - A label is any finite number; the canonical form is a float.
 """
@@ -23,14 +27,26 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from activelab.errors import UserError
-from activelab.protocol import BOOTSTRAP, EMBEDDINGS, MC, MC_DROPOUT, Context, Env, ItemId, rng_for, seed_for
+from activelab.protocol import (
+    BOOTSTRAP,
+    EMBEDDINGS,
+    FEATURES,
+    MC,
+    MC_DROPOUT,
+    PREDICTIONS,
+    Context,
+    Env,
+    ItemId,
+    rng_for,
+    seed_for,
+)
 from activelab.torchkit import ItemIndex
 
 from .data import REGRESSION, fingerprint, load_table
 from .model import MLP, ModelConfig, check_mc, committee_chunks, new_model, train
 
 #: ``predict`` output: ``(B,)`` predicted values, ``(T, B)`` under an MC committee. In the targets' own units.
-PREDICTION = "prediction"
+PREDICTION = PREDICTIONS
 
 
 class RegressionConfig(ModelConfig):
@@ -47,7 +63,7 @@ class TabularRegression:
     """Predict a table's numeric target with a small MLP retrained from scratch each round (squared error)."""
 
     Config = RegressionConfig
-    outputs: Collection[str] = frozenset({PREDICTION, EMBEDDINGS, MC_DROPOUT, BOOTSTRAP})
+    outputs: Collection[str] = frozenset({PREDICTION, EMBEDDINGS, FEATURES, MC_DROPOUT, BOOTSTRAP})
     primary_metric = "rmse"
     metrics = ("rmse", "mae", "r2", "n_train", "train_rmse")
     lower_is_better = frozenset({"rmse", "mae", "train_rmse"})
@@ -118,12 +134,15 @@ class TabularRegression:
         return self._predict(rows, set(want), mc)
 
     def _predict(self, rows: torch.Tensor, want: set[str], mc: MC | None) -> Iterator[dict[str, np.ndarray]]:
-        for values, h in committee_chunks(self.model, self.members, rows, mc, self.config.chunk_size):
+        size = self.config.chunk_size
+        for n, (values, h) in enumerate(committee_chunks(self.model, self.members, rows, mc, size)):
             out = {}
             if PREDICTION in want:
                 out[PREDICTION] = values.squeeze(-1).cpu().numpy()
             if EMBEDDINGS in want:
                 out[EMBEDDINGS] = h.cpu().numpy()
+            if FEATURES in want:                 # the inputs: label-free, no sample axis under mc
+                out[FEATURES] = rows[n * size:(n + 1) * size].cpu().numpy()
             yield out
 
     def evaluate(self) -> Mapping[str, float]:
