@@ -35,6 +35,9 @@ MANIFEST = Manifest(
             "committee_variance": "activelab.strategies.regression:CommitteeVariance",
             "gsx": "activelab.strategies.regression:GSx",
             "per_cost": "activelab.strategies.cost:PerCost",
+            # expected error reduction, exact and approximated (issue 15)
+            "eer": "activelab.strategies.eer:ExpectedErrorReduction",
+            "eer_approx": "activelab.strategies.eer:ApproxErrorReduction",
         },
         "selector": {
             "topk": "activelab.strategies.selectors:TopK",
