@@ -144,9 +144,8 @@ class Leader:
     def fit(self, labels: Any, ctx: Any) -> Any:
         labels = dict(labels)
         ctx = dataclasses.replace(ctx, labels=labels)
-        if hooks.fits_distributed(self._task):
-            send(("fit", labels, ctx))
-            return self._task.fit(labels, ctx)
+        if hooks.fits_distributed(self._task):       # every rank trains (DDP); the state is sent anyway, so
+            send(("fit", labels, ctx))                # the others mirror rank 0 exactly whatever the hardware
         stats = self._task.fit(labels, ctx)
         send(("load", self._task.state_dict()))
         return stats

@@ -1,21 +1,22 @@
 """Training on every worker process together (DistributedDataParallel), for a task that declares
-``fits_distributed = True`` (:mod:`activelab.hooks`) and runs with ``--nproc`` / torchrun (:mod:`activelab.distributed`).
+``fits_distributed = True`` (:mod:`activelab.hooks`) and runs with ``--nproc`` or torchrun
+(:mod:`activelab.distributed`).
 
-Every rank runs the same ``fit``: the same seeds, the same minibatches in the same order. Each minibatch is then
-cut into one contiguous part per rank (:func:`part`); a rank computes the SUM of its part's per-item losses times
-:func:`factor` (``world size / minibatch size``) and DDP averages the ranks' gradients, so the step is the
-gradient of the whole minibatch's MEAN loss, on every rank alike; with one process the same code is the plain
-mean. A rank whose part is empty (a minibatch smaller than the number of ranks) still runs the forward pass on
-zero items, so every rank takes part in every gradient exchange. What differs from one process: the order of
-float sums, and batch norm, whose batch statistics each rank takes over its own part (SyncBatchNorm would share
-them; not used, as in most DDP training).
+Every rank runs the same ``fit``: the same seeds, the same minibatches in the same order. :func:`share` cuts
+each minibatch into one contiguous part per rank and says what to multiply the SUM of the part's per-item losses
+by (``world size / minibatch size``): DDP averages the ranks' gradients, so the step is the gradient of the whole
+minibatch's MEAN loss, on every rank alike; with one process the same code is the plain mean. A minibatch with
+fewer items than ranks is not cut: every rank computes all of it (factor ``1 / size``), and the average of equal
+gradients is that gradient. What differs from one process: the order of float sums, batch norm (each rank's batch
+statistics are over its own part; SyncBatchNorm would share them, not used here as in most DDP training) and
+any loss over pairs of items, whose pairs form within a part.
 
 Usage inside a task's training loop::
 
     net = ddp.wrap(self.model)                 # the model itself on one process
     for rows in minibatches:
-        mine = ddp.part(rows)
-        loss = F.cross_entropy(net(x[mine]), y[mine], reduction="sum") * ddp.factor(len(rows))
+        mine, factor = ddp.share(rows)
+        loss = F.cross_entropy(net(x[mine]), y[mine], reduction="sum") * factor
         loss.backward(); optimizer.step()
 """
 from __future__ import annotations
@@ -45,19 +46,14 @@ def wrap(model: nn.Module) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def part(rows: Any) -> Any:
-    """This rank's contiguous share of a minibatch's rows (an array, tensor or list; all of it on one process)."""
+def share(rows: Any) -> tuple[Any, float]:
+    """This rank's contiguous part of a minibatch's rows (an array, tensor or list) and the factor for the sum of
+    its per-item losses; ``(rows, 1 / len(rows))`` on one process or when there are fewer rows than ranks."""
     rank, ranks = world()
-    if ranks == 1:
-        return rows
     n = len(rows)
-    start, stop = rank * n // ranks, (rank + 1) * n // ranks
-    return rows[start:stop]
-
-
-def factor(batch_size: int) -> float:
-    """What a rank's summed per-item loss is multiplied by: ``world size / batch_size``."""
-    return world()[1] / max(int(batch_size), 1)
+    if ranks == 1 or n < ranks:
+        return rows, 1.0 / max(n, 1)
+    return rows[rank * n // ranks:(rank + 1) * n // ranks], ranks / n
 
 
 def same_everywhere(tensor: torch.Tensor) -> bool:

@@ -65,7 +65,7 @@ from activelab.protocol import (
     seed_for,
 )
 from activelab.recipe import DataPath
-from activelab.torchkit import ItemIndex, build_optimizer, check, checkpoint, restore, seeded
+from activelab.torchkit import ItemIndex, build_optimizer, check, checkpoint, ddp, restore, seeded
 from activelab.torchkit.lossnet import LossPredictionConfig, ranking_loss
 
 from .data import (
@@ -172,6 +172,9 @@ class RecognitionTask:
     metrics = ("wer", "cer", "spearman_raw", "spearman_norm", "train_ctc", "train_rank", "n_train", "vocab",
                "train_seconds")
     query_type = "pool"
+    # with several workers (--nproc, torchrun) every one trains on its part of each minibatch (DDP, torchkit.ddp);
+    # the pairs of the ranking loss then form within a part, and train_ctc is rank 0's part's
+    fits_distributed = True
 
     def __init__(self, config: RecognitionConfig, env: Env):
         self.cfg = config
@@ -344,19 +347,23 @@ class RecognitionTask:
         sums = {"train_ctc": 0.0, "train_rank": 0.0}
         counted = 0
         model.train()
+        net = ddp.wrap(model)        # several workers (fits_distributed): each takes a part of every minibatch
         order: list[int] = []
         with seeded(seed, self.device), numpy_seeded(seed):
             for step in tqdm(range(steps), desc=desc, unit="step", disable=not progress, leave=False):
                 if len(order) < bs:
                     order += torch.randperm(n, generator=shuffle).tolist()
                 batch, order = order[:bs], order[bs:]
-                feats, frames = self._batch([utts[i] for i in batch])
-                targets, target_lengths = self._targets([transcripts[i] for i in batch])
+                mine, factor = ddp.share(batch)
+                feats, frames = self._batch([utts[i] for i in mine])
+                targets, target_lengths = self._targets([transcripts[i] for i in mine])
                 if cfg.spec_augment and self.hf is None:     # a checkpoint masks its own latents
                     feats = spec_augment(feats)
-                out = model(feats, frames, detach_taps=step >= detach_from)
+                out = net(feats, frames, detach_taps=step >= detach_from)
                 losses = ctc_losses(out, targets, target_lengths)
-                ctc = (losses / target_lengths.clamp_min(1)).mean()
+                per_item = losses / target_lengths.clamp_min(1)
+                # the minibatch's mean (on one process exactly as before; a worker's part: its sum x world / size)
+                ctc = per_item.mean() if len(mine) == len(batch) else per_item.sum() * factor
                 loss = ctc
                 rank = torch.zeros(())
                 if model.loss_module is not None:

@@ -1,5 +1,5 @@
 """activelab.torchkit.ddp: a minibatch shared out over 2 processes (gloo, torchrun) takes the same optimiser steps
-as the whole minibatch on one process, with uneven and empty parts, and leaves every rank's model identical."""
+as the whole minibatch on one process, with uneven parts and a minibatch smaller than the number of ranks, and leaves every rank's model identical."""
 from __future__ import annotations
 
 import os
@@ -29,15 +29,15 @@ SCRIPT = textwrap.dedent('''
         net = ddp.wrap(model)
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
         for rows in batches:
-            mine = ddp.part(rows)
+            mine, factor = ddp.share(rows)
             opt.zero_grad()
-            (F.cross_entropy(net(x[mine]), y[mine], reduction="sum") * ddp.factor(len(rows))).backward()
+            (F.cross_entropy(net(x[mine]), y[mine], reduction="sum") * factor).backward()
             opt.step()
         return model
 
     if __name__ == "__main__":
         join()
-        # 7 rows (parts of 3 and 4), 1 row (one part empty), 10 rows
+        # 7 rows (parts of 3 and 4), 1 row (fewer rows than ranks: not cut), 10 rows
         batches = [torch.arange(0, 7), torch.arange(7, 8), torch.arange(8, 18)]
         model = train(batches)
         flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -75,6 +75,6 @@ def test_one_process_is_the_plain_mean():
     from activelab.torchkit import ddp
 
     rows = list(range(6))
-    assert ddp.part(rows) == rows and ddp.factor(6) == 1 / 6 and not ddp.active()
+    assert ddp.share(rows) == (rows, 1 / 6) and not ddp.active()
     model = torch.nn.Linear(2, 2)
     assert ddp.wrap(model) is model
