@@ -16,10 +16,13 @@ all machines see). Who does what:
   selector (top-k, streams, k-center, BADGE, ...); MC dropout draws its masks per chunk index (``MC.chunk``), so
   they match too. Scores are computed on rank 0 from the gathered outputs (the forward passes are the cost);
   the gathered chunks stream through, so memory stays one chunk per rank, as in one process.
-- **Training**: a task that trains across processes (hook ``fits_distributed``: DistributedDataParallel) fits
-  on every rank; any other task fits on rank 0 and sends its ``state_dict`` to the others, which is exact because a
-  task's state round-trips exactly (what resuming a run relies on). ``fit_bootstrap`` runs on every rank (same
-  labels, same seeds); ``load_state_dict`` (a resumed run's checkpoint) is sent from rank 0.
+- **Training**: rank 0 fits and sends its ``state_dict`` to the others, which is exact because a task's state
+  round-trips exactly (what resuming a run relies on): the picks are a one-process run's for any number of
+  workers. With the recipe's ``loop.train_on_all`` and a task that can (hook ``fits_distributed``:
+  DistributedDataParallel) every rank fits on its part of each minibatch instead (faster; the model then depends
+  on the number of workers, through float sums, batch norm and dropout masks), and rank 0's state is still sent.
+  Only inside such a fit (:func:`training_together`) may a task use collectives. ``fit_bootstrap`` runs on every
+  rank (same labels, same seeds); ``load_state_dict`` (a resumed run's checkpoint) is sent from rank 0.
 
 Faults: when a worker dies the launcher stops the others; rank 0 commits every answer as it comes, so nothing
 labelled is lost, and ``activelab resume`` (with any ``--nproc``) finishes the run with the same picks.
@@ -33,6 +36,7 @@ import signal
 import socket
 import sys
 import uuid
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Collection, Iterator, Sequence
@@ -47,6 +51,25 @@ from .protocol import MC, Candidates
 LAUNCHED = "ACTIVELAB_LAUNCHED"   # set for the workers :func:`launch` starts
 CHUNK = 256                      # items per chunk for a task without predict_batch_size
 TIMEOUT = timedelta(days=30)     # the other ranks wait while people label
+
+
+_TOGETHER = [False]
+
+
+def training_together() -> bool:
+    """True inside a ``fit`` (or ``fit_bootstrap``) that every rank runs at once (``loop.train_on_all``): the only
+    time a task may use collectives (DistributedDataParallel, :mod:`activelab.torchkit.ddp`) while it trains."""
+    return _TOGETHER[0]
+
+
+@contextmanager
+def together(on: bool = True) -> Iterator[None]:
+    """Mark the block as a fit every rank runs at once (or, ``on=False``, as one rank's alone)."""
+    before, _TOGETHER[0] = _TOGETHER[0], on
+    try:
+        yield
+    finally:
+        _TOGETHER[0] = before
 
 
 def world() -> tuple[int, int]:
@@ -108,16 +131,18 @@ class Leader:
     """Rank 0's task: the task itself, whose queries are shared out and whose state the other ranks mirror.
     Everything not listed here is the task's own attribute, answered on rank 0 alone."""
 
-    def __init__(self, task: Any):
+    def __init__(self, task: Any, train_on_all: bool = False):
         self._task = task
         self._ranks = world()[1]
+        self._together = train_on_all and hooks.fits_distributed(task)
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._task, name)
         if name == "fit_bootstrap":       # committee members: trained on every rank (same labels and seeds)
             def fit_bootstrap(*args: Any, **kwargs: Any) -> Any:
-                send(("call", name, args, kwargs))
-                return value(*args, **kwargs)
+                send(("call", name, args, kwargs, self._together))
+                with together(self._together):
+                    return value(*args, **kwargs)
             return fit_bootstrap
         return value
 
@@ -144,9 +169,10 @@ class Leader:
     def fit(self, labels: Any, ctx: Any) -> Any:
         labels = dict(labels)
         ctx = dataclasses.replace(ctx, labels=labels)
-        if hooks.fits_distributed(self._task):       # every rank trains (DDP); the state is sent anyway, so
+        if self._together:                            # every rank trains (DDP); the state is sent anyway, so
             send(("fit", labels, ctx))                # the others mirror rank 0 exactly whatever the hardware
-        stats = self._task.fit(labels, ctx)
+        with together(self._together):
+            stats = self._task.fit(labels, ctx)
         send(("load", self._task.state_dict()))
         return stats
 
@@ -178,11 +204,13 @@ def follow(task: Any) -> None:
                     break
                 dist.gather_object(_part(task, ids, want, mc, block, rank), None, dst=0)
         elif op == "fit":
-            task.fit(*message[1:])
+            with together(True):
+                task.fit(*message[1:])
         elif op == "load":
             task.load_state_dict(message[1])
         elif op == "call":
-            getattr(task, message[1])(*message[2], **message[3])
+            with together(message[4]):
+                getattr(task, message[1])(*message[2], **message[3])
         # anything else is a STOP that came after a query's last chunk: nothing to stop
 
 

@@ -107,9 +107,9 @@ class PredictBatchSize(Protocol):
 
 
 class FitsDistributed(Protocol):
-    """True for a task whose ``fit`` trains on every process together (DistributedDataParallel) when a process
-    group is initialised: every rank then calls ``fit``. Default False: rank 0 fits alone and sends its
-    ``state_dict`` to the other ranks."""
+    """True for a task whose ``fit`` can train on every process together (DistributedDataParallel) when a process
+    group is initialised: with the recipe's ``loop.train_on_all`` every rank then calls ``fit``. Otherwise (and by
+    default) rank 0 fits alone and sends its ``state_dict`` to the other ranks."""
 
     fits_distributed: bool
 

@@ -70,7 +70,7 @@ class Runner:
         build = lambda kind: self.resolved.classes[kind](self.resolved.configs[kind], self.env)  # noqa: E731
         self.task = build("task")
         if distributed.world()[1] > 1:   # several processes: the others follow this task (activelab.distributed)
-            self.task = distributed.Leader(self.task)
+            self.task = distributed.Leader(self.task, self.recipe.loop.train_on_all)
         self._check_data()
         self.scorer = build("scorer")
         self.cold_start = build("cold_start") if "cold_start" in self.resolved.classes else None

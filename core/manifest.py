@@ -28,16 +28,18 @@ MANIFEST = Manifest(
             # uncertain and diverse batches (issue 15)
             "suggestive": "activelab.strategies.suggestive:SuggestiveAnnotation",
             "usdm": "activelab.strategies.usdm:USDM",
+            "per_cost": "activelab.strategies.cost:PerCost",
+            # expected error reduction, exact and approximated (issue 15)
+            "eer": "activelab.strategies.eer:ExpectedErrorReduction",
+            "eer_approx": "activelab.strategies.eer:ApproxErrorReduction",
             # learning loss (Yoo & Kweon 2019): a task's loss-prediction module's estimate (vision, speech)
             "predicted_loss": "activelab.strategies.lossprediction:PredictedLoss",
             # regression (issue 15): tasks with the `predictions` output
             "emcm": "activelab.strategies.regression:EMCM",
             "committee_variance": "activelab.strategies.regression:CommitteeVariance",
             "gsx": "activelab.strategies.regression:GSx",
-            "per_cost": "activelab.strategies.cost:PerCost",
-            # expected error reduction, exact and approximated (issue 15)
-            "eer": "activelab.strategies.eer:ExpectedErrorReduction",
-            "eer_approx": "activelab.strategies.eer:ApproxErrorReduction",
+            # PAL (Fang et al. 2017): a stream policy learnt by deep Q-learning (issue 18; `activelab pal learn`)
+            "pal": "activelab.strategies.pal:PALScorer",
         },
         "selector": {
             "topk": "activelab.strategies.selectors:TopK",
@@ -64,5 +66,6 @@ MANIFEST = Manifest(
         "import": "activelab.labelling.commands:IMPORT",
         "schema": "activelab.schema:SCHEMA",
         "compare": "activelab.evaluation.compare:COMPARE",
+        "pal": "activelab.strategies.pal_learn:PAL",
     },
 )

@@ -58,6 +58,10 @@ class LoopSpec(BaseModel):
     initial: int = Field(ge=1, description="size of the first, uninformed batch (random items, equal shares)")
     batch: int = Field(ge=1, description="items queried per round")
     keep_checkpoints: int = Field(default=2, ge=1, description="newest checkpoints kept in the run folder")
+    train_on_all: bool = Field(default=False, description=(
+        "with several workers (--nproc, torchrun) and a task that can (fits_distributed): train on every worker "
+        "together (DDP), faster; the models, and so the picks, then depend on the number of workers. Off: rank 0 "
+        "trains and the picks are a one-process run's for any number"))
 
 
 #: The recipe's component fields and the kind of component each names.

@@ -26,12 +26,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from activelab.distributed import world
+from activelab.distributed import training_together, world
 
 
 def active() -> bool:
-    """True when this process is one of several in a process group."""
-    return world()[1] > 1
+    """True inside a fit every worker runs at once (several processes and the recipe's ``loop.train_on_all``);
+    otherwise the task trains alone (rank 0, or one process) and these helpers change nothing."""
+    return world()[1] > 1 and training_together()
 
 
 def wrap(model: nn.Module) -> nn.Module:
@@ -51,14 +52,14 @@ def share(rows: Any) -> tuple[Any, float]:
     its per-item losses; ``(rows, 1 / len(rows))`` on one process or when there are fewer rows than ranks."""
     rank, ranks = world()
     n = len(rows)
-    if ranks == 1 or n < ranks:
+    if not active() or n < ranks:
         return rows, 1.0 / max(n, 1)
     return rows[rank * n // ranks:(rank + 1) * n // ranks], ranks / n
 
 
 def same_everywhere(tensor: torch.Tensor) -> bool:
     """Whether ``tensor`` holds the same values on every rank (a check for tests and debugging)."""
-    if not active():
+    if world()[1] == 1:
         return True
     import torch.distributed as dist
 

@@ -87,7 +87,7 @@ from activelab.protocol import (
     rng_for,
     seed_for,
 )
-from activelab.torchkit import ItemIndex, build_optimizer, check, checkpoint, mc_dropout, restore, seeded
+from activelab.torchkit import ItemIndex, build_optimizer, check, checkpoint, ddp, mc_dropout, restore, seeded
 from activelab.torchkit.lossnet import LossPredictionConfig, LossPredictionModule, Taps, channels, ranking_loss
 
 from .backbones import MODEL_KINDS, Backbone, BackboneClassifier, HFImageModelConfig, TorchvisionModelConfig
@@ -185,6 +185,7 @@ class ClassificationTask:
     metrics = ("accuracy", "macro_f1", "n_train", "n_pseudo", "train_loss", "delta", "pseudo_accuracy", "train_rank",
                "loss_spearman")
     query_type = "pool"
+    fits_distributed = True       # with several workers every one trains on its part of each minibatch (DDP)
 
     def __init__(self, config: ClassificationConfig, env: Env):
         self.cfg = config
@@ -431,6 +432,9 @@ class ClassificationTask:
         lp, module = self.cfg.loss_prediction, getattr(model, "loss_module", None)
         detach_from = math.inf if module is None or lp.detach_after is None else lp.detach_after * epochs
         model.train()
+        # several workers (fits_distributed): the whole network's steps are shared out by DDP, each worker taking a
+        # part of every minibatch (torchkit.ddp); the head-only and learning-loss paths run whole on every worker
+        net = ddp.wrap(model) if module is None and not head_only else None
         last = float("nan")
         with seeded(seed, self.device):      # dropout masks
             for epoch in tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress, leave=False):
@@ -438,8 +442,12 @@ class ClassificationTask:
                 total = ranked = 0.0
                 for a, b in bounds:
                     batch = order[a:b]
-                    if module is None:
-                        loss = objective = F.cross_entropy(forward(x[batch]), target[batch])
+                    mine, factor = ddp.share(batch) if net is not None else (batch, 0.0)
+                    if len(mine) < len(batch):      # a worker's part: its summed loss times world / size
+                        objective = F.cross_entropy(net(x[mine]), target[mine], reduction="sum") * factor
+                        loss = objective.detach() / (factor * len(mine)) if len(mine) else objective.detach()
+                    elif module is None:
+                        loss = objective = F.cross_entropy((forward if net is None else net)(x[batch]), target[batch])
                     else:
                         loss, rank = self._learning_loss(model, x[batch], target[batch], epoch >= detach_from)
                         objective = loss + lp.weight * rank

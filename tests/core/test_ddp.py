@@ -1,5 +1,6 @@
 """activelab.torchkit.ddp: a minibatch shared out over 2 processes (gloo, torchrun) takes the same optimiser steps
-as the whole minibatch on one process, with uneven parts and a minibatch smaller than the number of ranks, and leaves every rank's model identical."""
+as the whole minibatch on one process, with uneven parts and a minibatch smaller than the number of ranks, and
+leaves every rank's model identical."""
 from __future__ import annotations
 
 import os
@@ -19,7 +20,7 @@ SCRIPT = textwrap.dedent('''
     import torch
     import torch.nn.functional as F
     from torch import nn
-    from activelab.distributed import join, world
+    from activelab.distributed import join, together, world
     from activelab.torchkit import ddp
 
     def train(batches):
@@ -39,7 +40,11 @@ SCRIPT = textwrap.dedent('''
         join()
         # 7 rows (parts of 3 and 4), 1 row (fewer rows than ranks: not cut), 10 rows
         batches = [torch.arange(0, 7), torch.arange(7, 8), torch.arange(8, 18)]
-        model = train(batches)
+        assert not ddp.active() or world()[1] == 1      # outside a fit every worker runs: nothing shared
+        with together():               # as inside a fit every worker runs (loop.train_on_all)
+            if world()[1] > 1:          # the 7-row minibatch really is cut: rows 0-2 on rank 0, 3-6 on rank 1
+                assert ddp.active() and ddp.share(batches[0])[0].tolist() == [[0, 1, 2], [3, 4, 5, 6]][world()[0]]
+            model = train(batches)
         flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
         assert ddp.same_everywhere(flat), "the ranks' models differ"
         if world()[0] == 0:

@@ -134,3 +134,18 @@ def test_compare_runs_each_run_on_several_processes(tmp_path):
 def test_bad_nproc_is_a_one_line_error(tmp_path, capsys):
     assert main(["run", str(recipe(tmp_path, {"name": "entropy"})), "--nproc", "0"]) == 2
     assert capsys.readouterr().err.strip() == "activelab: error: --nproc: must be >= 1, got 0"
+
+
+def test_a_task_that_could_train_on_all_workers_still_picks_what_one_process_picks(tmp_path):
+    """Image classification declares fits_distributed; without loop.train_on_all rank 0 trains and sends its state,
+    so the picks do not depend on the number of workers (and a resume with another --nproc goes on the same)."""
+    path = tmp_path / "digits.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "digits-dist", "seed": 2,
+        "task": {"plugin": "vision", "name": "classification", "params": {"epochs": 2, "min_steps": 10}},
+        "scorer": {"name": "bald", "params": {"samples": 4}}, "selector": {"name": "topk"},
+        "oracle": {"name": "simulated"}, "loop": {"initial": 30, "batch": 20, "rounds": 2}}))
+    assert main(["run", str(path), "--out", str(tmp_path / "one"), "-q"]) == 0
+    done = activelab("run", str(path), "--out", str(tmp_path / "two"), "-q", "--nproc", "2")
+    assert done.returncode == 0, done.stderr
+    assert picks(tmp_path / "two") == picks(tmp_path / "one") and len(picks(tmp_path / "one")) == 70

@@ -293,7 +293,7 @@ def test_label_cost_is_seconds_of_audio(fitted):
 
 @pytest.mark.slow
 def test_two_workers_train_together_and_finish_the_run(commands, tmp_path):
-    """fits_distributed: with --nproc 2 both workers fit on their parts of each minibatch (DDP) and the run ends
+    """fits_distributed + loop.train_on_all: with --nproc 2 both workers fit on their parts of each minibatch (DDP) and the run ends
     with rank 0's model mirrored; a wiring fault (unused parameters, a collective out of step) hangs or fails."""
     import os
     import subprocess
@@ -304,7 +304,7 @@ def test_two_workers_train_together_and_finish_the_run(commands, tmp_path):
                   "data": {"path": str(commands / "train.jsonl"), "test_path": str(commands / "test.jsonl")},
                   **TINY, "loss_prediction": {"enabled": True}}},
               "scorer": {"name": "predicted_loss"}, "oracle": {"name": "simulated"},
-              "loop": {"initial": 8, "batch": 8, "rounds": 1}}
+              "loop": {"initial": 8, "batch": 8, "rounds": 1, "train_on_all": True}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
