@@ -15,6 +15,8 @@ MANIFEST = Manifest(
         },
         "scorer": {
             "inverse_psnr": "activelab.plugins.vision.ondemand:InversePSNR",
+            # ASAL (issue 18): real pool items nearest to generated high-entropy images
+            "asal": "activelab.plugins.vision.asal:ASAL",
             "miaod": "activelab.plugins.vision.detection.scorers:MIAODUncertainty",
             "anchor_entropy": "activelab.plugins.vision.detection.scorers:AnchorEntropy",
         },
