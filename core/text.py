@@ -1,6 +1,7 @@
 """Text rules shared by plugins that cannot import each other (a plugin never imports another plugin)."""
 from __future__ import annotations
 
+import math
 import unicodedata
 
 
@@ -10,3 +11,19 @@ def control_character(text: str, allow: str = "") -> str | None:
     task call this with the same ``allow``, so text a reader accepts is never refused later as a label."""
     bad = next((c for c in text if c not in allow and unicodedata.category(c) == "Cc"), None)
     return None if bad is None else f"U+{ord(bad):04X}"
+
+
+def finite_number(value: object) -> float | None:
+    """A regression label as a float: an int or float (not a bool) or a numeric string (what a person types, what
+    a CSV cell holds); None for anything else, NaN and infinities included."""
+    number = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif hasattr(value, "dtype") and getattr(value, "shape", None) == () and value.dtype.kind in "iuf":
+        number = float(value)                   # a numpy scalar
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    return number if number is not None and math.isfinite(number) else None

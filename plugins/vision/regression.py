@@ -56,6 +56,7 @@ from activelab.protocol import (
     rng_for,
     seed_for,
 )
+from activelab.text import finite_number
 from activelab.torchkit import ItemIndex, build_optimizer, check, checkpoint, mc_dropout, restore, seeded
 
 from .datasets import DataConfig, ImageSet, load_data
@@ -323,15 +324,8 @@ class RotationTask:
     def check_label(self, item_id: ItemId, value: Any) -> float:
         """Any finite number of degrees (a numeric string too) -> float; anything else is a ``ValueError``."""
         self.items.check(item_id)
-        number = None
-        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
-                number = float(value.strip())
-            except ValueError:
-                pass
-        if number is None or not math.isfinite(number):
+        number = finite_number(value)
+        if number is None:
             raise ValueError(f"invalid label {value!r}: give the rotation angle in degrees, a finite number "
                              f"(counter-clockwise positive, within [-{self.cfg.max_angle:g}, "
                              f"{self.cfg.max_angle:g}] here)")

@@ -40,6 +40,7 @@ from activelab.protocol import (
     rng_for,
     seed_for,
 )
+from activelab.text import finite_number
 from activelab.torchkit import ItemIndex
 
 from .data import REGRESSION, fingerprint, load_table
@@ -165,15 +166,8 @@ class TabularRegression:
         """Any finite number (a numeric string too: what a person types, what a CSV cell holds) -> float."""
         if item_id not in self.items:
             raise ValueError(f"unknown item {item_id!r} (not in the {self.table.name} pool)")
-        number = None
-        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
-                number = float(value.strip())
-            except ValueError:
-                pass
-        if number is None or not math.isfinite(number):
+        number = finite_number(value)
+        if number is None:
             raise ValueError(f"invalid label {value!r} for {self.table.name}: give a finite number")
         return number
 
