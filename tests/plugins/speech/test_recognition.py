@@ -293,8 +293,9 @@ def test_label_cost_is_seconds_of_audio(fitted):
 
 @pytest.mark.slow
 def test_two_workers_train_together_and_finish_the_run(commands, tmp_path):
-    """fits_distributed + loop.train_on_all: with --nproc 2 both workers fit on their parts of each minibatch (DDP) and the run ends
-    with rank 0's model mirrored; a wiring fault (unused parameters, a collective out of step) hangs or fails."""
+    """fits_distributed + loop.train_on_all: with --nproc 2 both workers fit on their parts of each minibatch (DDP)
+    and the run ends with rank 0's model mirrored; a wiring fault (unused parameters, a collective out of step)
+    hangs or fails."""
     import os
     import subprocess
     import sys
