@@ -65,7 +65,8 @@ How the model is put together (:class:`BackboneClassifier`):
   ==========================================  ==============================================================
 
 Errors are one-line :class:`~activelab.errors.UserError` naming ``task.params.model.weights`` (or ``.path``,
-``.arch``) and what is wrong: a missing file or folder, an unknown architecture (with the close names), a file that
+``.arch``) and what is wrong: a missing file or folder (a missing torchvision file: with the ``activelab pretrain``
+command that makes one here, :mod:`.pretrain`), an unknown architecture (with the close names), a file that
 is not a state dict (a whole pickled model, a training checkpoint holding one, garbage), a state dict of another
 architecture (how many tensors are missing, unexpected or of another shape, with one example each), a transformers
 folder of another kind (a translation model), ``transformers`` not installed. :func:`read_state_dict` and
@@ -126,23 +127,26 @@ class WeightsError(UserError, ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- weights files
-def require_file(path: Path | str, field: str, what: str) -> Path:
-    """``path`` (expanded), or a :class:`WeightsError` if it is missing or a folder."""
+def require_file(path: Path | str, field: str, what: str, make: str | None = None) -> Path:
+    """``path`` (expanded), or a :class:`WeightsError` if it is missing or a folder. ``make``: a command that
+    writes such a file here (``activelab pretrain ...``), named in the message for a missing file."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise WeightsError(f"{field}: {path} not found (activelab downloads no weights: save a {what} state dict "
-                           f"there with torch.save(model.state_dict(), path))")
+        made = f"make one with `{make}`, or " if make else ""
+        raise WeightsError(f"{field}: {path} not found (activelab downloads no weights: {made}save a {what} state "
+                           f"dict there with torch.save(model.state_dict(), path))")
     if path.is_dir():
         raise WeightsError(f"{field}: {path} is a folder, not a weights file (a {what} state dict saved with "
                            f"torch.save(model.state_dict(), path))")
     return path
 
 
-def read_state_dict(path: Path | str, field: str, what: str) -> Mapping[str, torch.Tensor]:
+def read_state_dict(path: Path | str, field: str, what: str, make: str | None = None) -> Mapping[str, torch.Tensor]:
     """The state dict in ``path``, read with ``torch.load(weights_only=True)`` on the CPU; a one-line
-    :class:`WeightsError` naming ``field`` if the file is missing, unreadable or holds anything but a mapping of
-    names to tensors (a whole pickled model, a training checkpoint with the state dict inside, garbage)."""
-    path = require_file(path, field, what)
+    :class:`WeightsError` naming ``field`` if the file is missing (naming ``make``, a command that writes one, see
+    :func:`require_file`), unreadable or holds anything but a mapping of names to tensors (a whole pickled model, a
+    training checkpoint with the state dict inside, garbage)."""
+    path = require_file(path, field, what, make)
     where = f"{field}: {path}"
     try:
         with warnings.catch_warnings():
@@ -465,7 +469,8 @@ class Backbone:
         self.where = f"{FIELD}.weights"
         self.source = None
         if cfg.weights is not None:
-            state = read_state_dict(cfg.weights, self.where, f"torchvision {arch}")
+            state = read_state_dict(cfg.weights, self.where, f"torchvision {arch}",     # or pretrain one here
+                                    make=f"activelab pretrain --arch {arch} --out {cfg.weights}")
             load_checked(net, state, self.where, cfg.weights, f"torchvision {arch}",
                          ignore=(f"{head_name}.", *AUXILIARY.get(arch, ())))
             self.source = Path(cfg.weights).expanduser()

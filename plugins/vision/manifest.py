@@ -27,4 +27,8 @@ MANIFEST = Manifest(
             "corruptor": "activelab.plugins.vision.ondemand:Corruptor",
         },
     },
+    commands={
+        # a backbone pretrained on a labelled source set that ships here, for model: {kind: torchvision, weights}
+        "pretrain": "activelab.plugins.vision.commands:PRETRAIN",
+    },
 )
