@@ -53,6 +53,17 @@ minimises ``cross-entropy + weight * ranking loss`` over the batch split into pa
 the network. ``predict`` then yields ``predicted_loss`` (the core scorer of that name ranks by it; pair it with the
 ``subsample`` selector, as the paper scores a random 10,000 of the pool) and ``evaluate`` reports
 ``loss_spearman``. The module is part of the model: checkpoints, fine-tuning and bootstrap members carry it.
+
+Lazy pools (``data.lazy``; ``auto`` for an image folder or a saved Hugging Face dataset of more than 20,000 images,
+see :mod:`.datasets`): the pool and the test split stay in their files and every use decodes only what it needs, so
+memory grows with the chunk, not with the pool. Predictions (scoring, evaluation, CEAL's pseudo-labels, a frozen
+body's features) decode ``eval_batch_size`` images at a time; a fit decodes its labelled (and pseudo-labelled)
+items once and trains on them as in memory; previews decode one image; SimCLR decodes each batch it trains on and
+PCA is fitted on a seeded sample (``pixels`` features are read per chunk). What differs from the same data in
+memory: the normalisation statistics come from a seeded sample of at most 10,000 images (the whole pool, hence the
+same numbers and predictions, when it is no larger: :func:`.datasets.channel_stats`), the data fingerprint hashes
+the stored bytes rather than the pixels, a broken image fails when first read rather than at load, and strategies
+that need every pool image in memory (``pool_images``: ASAL) refuse a lazy pool.
 """
 from __future__ import annotations
 
@@ -92,7 +103,7 @@ from activelab.torchkit.lossnet import LossPredictionConfig, LossPredictionModul
 
 from .backbones import MODEL_KINDS, Backbone, BackboneClassifier, HFImageModelConfig, TorchvisionModelConfig
 from .ceal import ceal_delta, entropy, high_confidence
-from .datasets import DataConfig, load_data
+from .datasets import DataConfig, channel_stats, is_lazy, load_data
 from .features import FeaturesConfig, PoolFeatures
 from .images import write_preview
 from .models import build_model
@@ -191,14 +202,13 @@ class ClassificationTask:
         self.cfg = config
         self.env = env
         self.device = torch.device(env.device)
-        data = load_data(config.data, env.seed)
+        data = load_data(config.data, env.seed, allow_lazy=True)     # lazy images: see the module doc
         self.classes = data.classes
         self.pool, self.test = data.pool, data.test
         self.items = ItemIndex(self.pool.ids)
         self._class_index = {name: i for i, name in enumerate(self.classes)}
         images = self.pool.images
-        self._mean = images.mean(dim=(0, 2, 3), keepdim=True)
-        self._std = images.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+        self._mean, self._std = channel_stats(images)      # lazy: from a seeded sample (datasets.channel_stats)
         self._preview_dir: Path | None = None
         cache = Path(env.run_dir) / "features" if env.run_dir is not None else None
         self.pool_features = PoolFeatures(config.features, self.pool.images, self._mean, self._std, env.seed,
@@ -274,7 +284,10 @@ class ClassificationTask:
     # ------------------------------------------------------------------------------------------ any images (ASAL)
     def pool_images(self) -> torch.Tensor:
         """The pool's images, N x C x H x W float32 in [0, 1], in ``pool_ids`` order (what a generative model of the
-        pool trains on; the labels are not part of it)."""
+        pool trains on; the labels are not part of it). Not for a lazy pool (``data.lazy``): a UserError."""
+        if is_lazy(self.pool.images):
+            raise UserError(f"task.params.data.lazy: this strategy needs every pool image in memory and the pool "
+                            f"({len(self.pool)} images) is read lazily; set task.params.data.lazy: false")
         return self.pool.images
 
     def predict_images(self, images: torch.Tensor, want: Collection[str]) -> dict[str, np.ndarray]:
@@ -608,10 +621,17 @@ class ClassificationTask:
         """sha256 (hex) of the data as loaded: the classes and, for the pool and the test set, the item ids, the
         labels and the bytes of the decoded images (after resizing and sub-sampling). The same recipe on the same
         files gives the same fingerprint; the core refuses to resume a run whose data changed. MNIST's 70,000
-        images hash in well under a second."""
+        images hash in well under a second. Lazy images (``data.lazy``) are pinned by their stored bytes instead
+        (:meth:`.datasets.LazyImages.update_digest`: the Arrow files, the image files), computed once per task."""
         digest = hashlib.sha256()
         digest.update(json.dumps({"classes": self.classes}).encode())
         for name, part in (("pool", self.pool), ("test", self.test)):
+            if is_lazy(part.images):
+                digest.update(json.dumps({"split": name, "ids": list(part.ids), "shape": list(part.images.shape),
+                                          "lazy": True}).encode())
+                digest.update(np.ascontiguousarray(part.labels, dtype="<i8").data)
+                part.images.update_digest(digest)
+                continue
             images = np.ascontiguousarray(part.images.numpy(), dtype="<f4")
             digest.update(json.dumps({"split": name, "ids": list(part.ids), "shape": list(images.shape)}).encode())
             digest.update(np.ascontiguousarray(part.labels, dtype="<i8").data)

@@ -45,6 +45,13 @@ trained once per data set instead of once per run.
 
 Memory: the features are float32 N x ``dim`` (60,000 MNIST images at 128 dims: 31 MB); training holds one batch
 of augmented views at a time; the encoder at the default settings has about 24,000 weights (100 kB).
+
+**Lazy pools** (:class:`~.datasets.LazyImages`, the classification task's ``data.lazy``): the images are decoded as
+they are needed and never held whole. SimCLR decodes each batch it trains on; the map is applied to the pool (and
+the test split) ``batch_size`` images at a time; PCA is fitted on :func:`~.datasets.sample_images`'s seeded sample
+(at most 10,000 images and 256 MB of pixels; the whole pool, hence the in-memory projection, when it is no larger)
+and applied chunk by chunk; ``pixels`` are read per chunk of rows, and the whole pool's pixel array (``array()``) is
+refused above :data:`PIXELS_MAX_BYTES` (1 GiB) with a one-line error.
 """
 from __future__ import annotations
 
@@ -65,12 +72,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm.auto import tqdm
 
+from activelab.errors import UserError
 from activelab.protocol import seed_for
 from activelab.recipe import DataPath
 from activelab.torchkit import build_optimizer, seeded
 
+from .datasets import LazyImages, is_lazy, sample_images
 from .models import SmallCNN
 
+PIXELS_MAX_BYTES = 2**30  # pixels features of a whole lazy pool: refused above this size
 CACHE_VERSION = 2        # bump when the computation changes, so old caches are not read as new ones
                          # (2: the pool's features are the cached map applied to the pool)
 
@@ -259,10 +269,12 @@ def n_weights(module: nn.Module) -> int:
     return sum(v.numel() for v in module.state_dict().values())
 
 
-def fit_pca(images: torch.Tensor, dim: int, seed: int) -> np.ndarray:
+def fit_pca(images: torch.Tensor | LazyImages, dim: int, seed: int) -> np.ndarray:
     """PCA of the pixels of ``images``: float32 (k + 1) x pixels, the mean in row 0 and the first k = min(dim, N,
-    pixels) principal components below it (scikit-learn's ``PCA``, ``auto`` solver, seeded)."""
+    pixels) principal components below it (scikit-learn's ``PCA``, ``auto`` solver, seeded). Lazy images: fitted on
+    :func:`~.datasets.sample_images`'s seeded sample (the whole set when it is small enough: the same projection)."""
     from sklearn.decomposition import PCA
+    images = sample_images(images, "pca")
     x = images.reshape(len(images), -1).numpy()
     k = min(dim, x.shape[0], x.shape[1])
     pca = PCA(n_components=k, random_state=seed % 2**32).fit(x)
@@ -370,7 +382,11 @@ class FeatureMap:
         self.std = None if std is None else std.to(self.device)
         self.batch_size = batch_size
 
-    def __call__(self, images: torch.Tensor) -> np.ndarray:
+    def __call__(self, images: torch.Tensor | LazyImages) -> np.ndarray:
+        if is_lazy(images):       # decoded and mapped batch_size images at a time (simclr: the same batches)
+            blocks = [self(images.read(np.arange(a, min(a + self.batch_size, len(images)), dtype=np.int64)))
+                      for a in range(0, len(images), self.batch_size)]
+            return np.concatenate(blocks) if blocks else np.zeros((0, self.dim), np.float32)
         if self.kind == "simclr":
             chunks = [np.zeros((0, self.dim), np.float32)]
             with torch.inference_mode():
@@ -497,6 +513,10 @@ class PoolFeatures:
 
     def _load_or_compute(self) -> np.ndarray:
         if self.cfg.kind == "pixels":
+            size = 4 * len(self.images) * math.prod(self.images.shape[1:])
+            if is_lazy(self.images) and size > PIXELS_MAX_BYTES:
+                raise UserError(f"task.params.features.kind: pixels of the whole lazy pool would take "
+                                f"{size / 2**30:.1f} GiB in memory; use pca or simclr features")
             return self.rows(np.arange(len(self.images)))
         shape = (len(self.images), self.dim)
         if self.cache_dir is not None:
