@@ -19,7 +19,7 @@ for name in "${@:-digits}"; do
     *) echo "unknown comparison '$name' (digits, mnist, fashion)" >&2; exit 2 ;;
   esac
   recipe="recipes/lowbudget_$name.yaml"
-  $A compare "$recipe" --strategies "$STRATEGIES" --seeds 5 --out "runs/lowbudget-$name" -q
+  $A compare "$recipe" --strategies "$STRATEGIES" --seeds 5 --jobs "${JOBS:-1}" --out "runs/lowbudget-$name" -q
   cp "runs/lowbudget-$name/compare.md" "benchmarks/results/low_budget_$name.md"
   cp "runs/lowbudget-$name/compare.json" "benchmarks/results/low_budget_$name.json"
   echo "wrote benchmarks/results/low_budget_$name.{md,json}"

@@ -34,7 +34,7 @@ for name in "${@:-digits mnist}"; do
       mnist) recipe=recipes/pal_transfer_mnist.yaml; out=pal_transfer_mnist ;;
       *) echo "unknown comparison '$one' (digits, mnist)" >&2; exit 2 ;;
     esac
-    $A compare "$recipe" "${overrides[@]}" --strategies "$STRATEGIES" --seeds "$SEEDS" --out "$RUNS/$out" -q
+    $A compare "$recipe" "${overrides[@]}" --strategies "$STRATEGIES" --seeds "$SEEDS" --jobs "${JOBS:-1}" --out "$RUNS/$out" -q
     cp "$RUNS/$out/compare.md" "$RESULTS/$out.md"
     cp "$RUNS/$out/compare.json" "$RESULTS/$out.json"
     echo "wrote $RESULTS/$out.{md,json}"

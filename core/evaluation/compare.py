@@ -50,10 +50,12 @@ def _check_metrics(wanted: list[str], known: set[str], base: recipes.Resolved, s
 
 def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None,
             overrides: list[str], metrics: list[str] | None = None, progress: bool = True,
-            target: str | None = None, nproc: int = 1) -> Path:
+            target: str | None = None, nproc: int = 1, jobs: int = 1) -> Path:
     base = recipes.load(recipe_path, overrides)
     if seeds < 1:
         raise UserError("--seeds: must be >= 1")
+    if jobs < 1:
+        raise UserError("--jobs: must be >= 1")
     if not strategies:
         raise UserError("--strategies: give at least one strategy")
     if target is not None and target not in strategies:
@@ -74,14 +76,21 @@ def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None
             data["name"] = f"{base.recipe.name}-{strategy}"
             plans.append((strategy, s, recipes.validate(data, source=f"{recipe_path} (strategy {strategy})")))
 
-    done = []
-    for strategy, s, resolved in tqdm(plans, desc="compare", unit="run", disable=not progress):
+    todo = []
+    for strategy, s, resolved in plans:
         run_dir = out_dir / strategy / f"seed_{s}"
         if not (run_dir / RECIPE_FILE).exists():
             create_run(resolved, run_dir)
         elif yaml.safe_load((run_dir / RECIPE_FILE).read_text()) != resolved_recipe(resolved):
             raise UserError(f"{run_dir}: made by a different recipe or strategy; remove it or choose another --out")
-        if nproc > 1:        # the run on nproc worker processes (activelab.distributed)
+        todo.append((strategy, run_dir))
+    if jobs > 1:
+        _run_parallel([d for _, d in todo], jobs, nproc, progress)
+    done = []
+    for strategy, run_dir in tqdm(todo, desc="compare", unit="run", disable=not progress or jobs > 1):
+        if jobs > 1:
+            status_now = status(run_dir)["status"]
+        elif nproc > 1:        # the run on nproc worker processes (activelab.distributed)
             code = launch(["resume", str(run_dir), "-q"], nproc, run_dir)
             if code:
                 raise UserError(f"{run_dir}: the run stopped (exit code {code}); see above")
@@ -101,6 +110,49 @@ def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None
     command = _command([recipe_path, *overrides, "--strategies", ",".join(strategies), "--seeds", str(seeds),
                         "--out", str(out_dir)], metrics, target)
     return write_report(done, out_dir, wanted, base.classes["task"], command, base.recipe.name, target)
+
+
+def _run_parallel(run_dirs: list[Path], jobs: int, nproc: int, progress: bool) -> None:
+    """Run (or finish) each run folder in its own ``activelab resume`` process, ``jobs`` at a time.
+
+    Each run is the same run folder a sequential compare makes, seeded by its own recipe, so the picks and scores
+    do not depend on ``jobs``; only the wall-clock does. Each process inherits the environment (set
+    ``OMP_NUM_THREADS`` so that jobs x threads fits the machine). The first failure stops the launching of more
+    runs; those already running finish (a rerun resumes the rest), and the error names the run's folder.
+    """
+    import subprocess
+    import time
+
+    pending = [d for d in run_dirs if status(d)["status"] != RunStatus.DONE]
+    running: dict[subprocess.Popen, Path] = {}
+    failed: list[tuple[Path, int]] = []
+    bar = tqdm(total=len(run_dirs), initial=len(run_dirs) - len(pending), desc="compare", unit="run",
+               disable=not progress)
+    try:
+        while pending or running:
+            while pending and len(running) < jobs and not failed:
+                run_dir = pending.pop(0)
+                cmd = [sys.executable, "-m", "activelab", "resume", str(run_dir), "-q"]
+                running[subprocess.Popen(cmd + (["--nproc", str(nproc)] if nproc > 1 else []))] = run_dir
+            if not running:
+                break
+            for proc in [p for p in running if p.poll() is not None]:
+                run_dir = running.pop(proc)
+                if proc.returncode:
+                    failed.append((run_dir, proc.returncode))
+                bar.update(1)
+            time.sleep(0.2)
+    finally:
+        for proc in running:          # interrupted (Ctrl-C): the runs resume where they stopped
+            proc.terminate()
+        for proc in running:
+            proc.wait()
+        bar.close()
+    if failed:
+        run_dir, code = failed[0]
+        more = f" ({len(failed) - 1} more failed)" if len(failed) > 1 else ""
+        raise UserError(f"{run_dir}: the run stopped (exit code {code}){more}; see above; "
+                        f"the same command resumes the comparison")
 
 
 def _command(args: list[str], metrics: list[str] | None, target: str | None) -> str:
@@ -201,6 +253,8 @@ def _arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("--target-strategy", help="labels-to-reach target: this strategy's final score (default random)")
     c.add_argument("-q", "--quiet", action="store_true")
     c.add_argument("--nproc", type=int, default=1, help=NPROC)
+    c.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time, each in its own process (default 1); with --nproc N each uses N workers")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -216,7 +270,8 @@ def _run(args: argparse.Namespace) -> int:
             raise UserError("compare: give a recipe and --strategies, or --merge DIR [DIR ...] --out OUT")
         strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
         out = compare(args.recipe, strategies, args.seeds, args.out, args.overrides, metrics,
-                      progress=not args.quiet, target=args.target_strategy, nproc=args.nproc)
+                      progress=not args.quiet, target=args.target_strategy, nproc=args.nproc,
+                      jobs=args.jobs)
     print((out / "compare.md").read_text())
     print(f"tables: {out}/compare.md, {out}/compare.csv, {out}/compare.json; plot: {out}/compare.png",
           file=sys.stderr)

@@ -10,15 +10,17 @@ block by block, so the score vector is never built and most rows never get their
 Exactness. Every score that enters the heap is computed by a *replica* of the float64 reference measure in
 :mod:`activelab.strategies.uncertainty`: the same float64 operations in the same order, including numpy's pairwise
 summation over the class axis (``0 + pairwise(terms)``, 8 accumulators per block of 128) and its sequential
-summation over the leading (pass) axis, and the same libm ``log``. So the scores are bit-identical to the reference
-for row-major input (numpy's own summation order, hence its last bit, depends on the memory layout), and the picks
-are those of top-k over the reference, tie order included. Speed comes from *pruning*, never from approximating a
-picked score: a row is skipped only when a rigorous upper bound on its reference score is strictly below the
-current k-th best score ``thr`` (so an equal score with a lower position is never lost); ``thr`` only grows, so a
-pruned row could not have entered later either. Every bound below carries a slack that covers the float64 rounding
-of the reference (at least 1e-9) and the rounding of the bound itself; rows outside a bound's preconditions
-(NaN or infinite entries, negative entries, a row sum outside [0.001, 1.001] for entropy, entries above 1.001 for
-bald) are computed exactly.
+summation over the leading (pass) axis, and libm's ``log``. So the scores are bit-identical to the reference for
+row-major input (numpy's own summation order, hence its last bit, depends on the memory layout), and the picks are
+those of top-k over the reference, tie order included. One exception: on CPUs with AVX-512, numpy's float64 ``log``
+is its own vectorised one, which can differ from libm's in the last bit, so entropy and BALD scores can differ from
+the reference by an ulp there (seen on a lent machine's CPU) and only scores that close can swap. Speed comes from
+*pruning*, never from approximating a picked score: a row is skipped only when a rigorous upper bound on its
+reference score is strictly below the current k-th best score ``thr`` (so an equal score with a lower position is
+never lost); ``thr`` only grows, so a pruned row could not have entered later either. Every bound below carries a
+slack that covers the float64 rounding of the reference (at least 1e-9) and the rounding of the bound itself; rows
+outside a bound's preconditions (NaN or infinite entries, negative entries, a row sum outside [0.001, 1.001] for
+entropy, entries above 1.001 for bald) are computed exactly.
 
 - least_confidence ``1 - max p`` and margin ``-(p1 - p2)`` need no logarithm: the row maximum (and runner-up) are
   exact in any precision, so the exact score of every row is computed and compared with ``thr``.

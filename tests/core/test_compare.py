@@ -98,3 +98,37 @@ def test_merge_refuses_unfinished_runs_other_tasks_and_missing_metrics(made, tmp
     refused("toy.yaml", "--merge", str(root / "a"), "--out", str(tmp_path / "o"), says="--merge")
     refused("--out", str(tmp_path / "o"), says="--strategies")
     assert not (tmp_path / "o").exists()
+
+
+def test_parallel_compare_gives_the_sequential_results(made, tmp_path):
+    """--jobs runs each (strategy, seed) in its own process; the runs are seeded by their recipes, so the table is
+    the one of the sequential comparisons made separately."""
+    root, path = made
+    out = tmp_path / "par"
+    compare(str(path), ["random", "entropy"], 2, str(out), [], progress=False, jobs=3)
+    assert load(out)["settings"] == load(merge([str(root / "a"), str(root / "b")], str(tmp_path / "m")))["settings"]
+
+
+def test_parallel_compare_names_a_failed_run_and_resumes(made, tmp_path, monkeypatch, capsys):
+    import os
+    import stat
+    import sys
+
+    root, path = made
+    real = sys.executable
+    fake = tmp_path / "python"          # fails for seed 1's runs, runs the others for real
+    fake.write_text(f'#!/bin/sh\ncase "$*" in *seed_1*) echo "planted failure" >&2; exit 3;; esac\nexec {real} "$@"\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    out = tmp_path / "par"
+    args = ["compare", str(path), "--strategies", "random,entropy", "--seeds", "2", "--out", str(out), "-q"]
+    assert main([*args, "--jobs", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{out}/random/seed_1: the run stopped (exit code 3)" in err and "resumes the comparison" in err
+    assert not (out / "compare.json").exists()
+    assert (out / "random" / "seed_0" / "metrics.jsonl").exists()      # started before the failure: finished
+    assert not (out / "entropy" / "seed_1" / "metrics.jsonl").exists()  # after it: never started
+    monkeypatch.setattr(sys, "executable", real)
+    assert os.path.exists(real) and main([*args, "--jobs", "2"]) == 0     # the same command finishes the rest
+    assert load(out)["settings"] == load(merge([str(root / "a"), str(root / "b")], str(tmp_path / "m")))["settings"]
+    assert main([*args, "--jobs", "0"]) == 2 and "--jobs: must be >= 1" in capsys.readouterr().err

@@ -85,8 +85,18 @@ def test_float64_input_and_layouts(kind):
         assert_same_picks(acc, ref, 50)
 
 
+def numpy_log_is_libm() -> bool:
+    """Whether numpy's float64 log is the C library's here (the kernels call libm's). On CPUs with AVX-512 numpy
+    uses its own vectorised log, which can differ in the last bit (seen on a lent machine's CPU)."""
+    v = np.random.default_rng(0).uniform(1e-6, 1.0, 20_000)
+    return bool(np.array_equal(np.log(v), np.array([math.log(t) for t in v])))
+
+
 @pytest.mark.parametrize("kind", K.KINDS)
 def test_measure_is_bit_identical_to_the_reference_for_row_major_input(kind):
+    """Bit for bit where numpy's log is libm's (every CPU without AVX-512, this machine's too); otherwise the scores
+    that take a logarithm may differ in the last bit, never more than 2 ulp."""
+    exact = kind in ("least_confidence", "margin") or numpy_log_is_libm()
     rng = np.random.default_rng(11)
     for n_class in (1, 2, 7, 8, 9, 16, 129, 300):
         if kind == "margin" and n_class < 2:
@@ -94,7 +104,11 @@ def test_measure_is_bit_identical_to_the_reference_for_row_major_input(kind):
         shape = (4, 500) if kind == "bald" else (500,)
         for dtype in (np.float32, np.float64):
             x = dirichlet(rng, 0.3, shape, n_class, dtype)
-            np.testing.assert_array_equal(K.measure(kind, x), REFERENCE[kind](x))
+            if exact:
+                np.testing.assert_array_equal(K.measure(kind, x), REFERENCE[kind](x))
+            else:
+                got, ref = K.measure(kind, x), REFERENCE[kind](x)
+                np.testing.assert_allclose(got, ref, rtol=4 * np.finfo(np.float64).eps, atol=1e-300)
 
 
 # ------------------------------------------------------------------------------------------ ties, NaN, edge cases
