@@ -448,7 +448,8 @@ class ExpectedErrorReduction(_ErrorReduction):
       regression on the task's embeddings (or ``features``), retrained to convergence: the learner a deep model's
       last layer is. ``posterior: task`` weights the labels by the deep model's own ``probs`` instead.
     - The paper also samples candidates at random and estimates the error on the unlabelled pool; the sizes here
-      (``candidates`` = 100, ``eval_size`` = 500) are ours (the paper's sample sizes are UNVERIFIED).
+      (``candidates`` = 100, ``eval_size`` = 500) are ours; the paper's own sample sizes were not checked (its
+      text was not available here).
     - ``loss: zero_one`` by default (the paper reports both 0/1 and log loss).
     - The paper queries one item per round; here the batch is the top-k of the scores (no batch-aware correction).
       EER's best items sit together (where a label settles the most pool items), so the top-k of a large candidate

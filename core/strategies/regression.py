@@ -142,8 +142,9 @@ class EMCM:
       constant c: the ranking is unchanged.
     - For D outputs the gradient of the squared loss is ``(f - f_k) (x) (h, 1)`` and its norm
       ``||f - f_k|| ||(h, 1)||``: the same formula with the Euclidean norm of the residual.
-    - ``size`` K = 4 members by default (the setting of Wu's regression benchmarks; the ICDM paper's K is
-      UNVERIFIED). ``members: dropout`` (MC-dropout passes instead of bootstrap members; needs ``mc_dropout``) is
+    - ``size`` K = 4 members by default, as in Wu's public regression comparison code (4 bootstrap ridge models for EMCM
+      and QBC, with the same score up to the constant 1/K); the ICDM paper's own K was not checked (its text was not
+      available here). ``members: dropout`` (MC-dropout passes instead of bootstrap members; needs ``mc_dropout``) is
       our cheaper variant, not the paper's.
     - Batches are the top-k scores (the paper is sequential, one query per round; its batch extension is a later
       paper, Cai et al., TNNLS 2017).

@@ -107,11 +107,13 @@ class SuggestiveAnnotation:
     Defaults and deviations:
 
     - ``members = 4``, ``ratio = 2`` (K_u = 16 for k = 8): the paper's setting as we recall it (4 FCNs, K = 16,
-      k = 8), UNVERIFIED against its text.
+      k = 8); not checked against its text, which was not available here (a public re-implementation also uses 4
+      bootstrapped FCNs, with K = 20 and k = 10).
     - A classification analogue: the paper's uncertainty is per pixel (variance of the foreground probability across
       the FCNs) averaged over the image; here the variance of each class probability, averaged over the classes.
     - The similarity descriptor comes from the task's current model (trained on every label), not from the
-      bootstrap members; which network's encoder the paper uses is UNVERIFIED.
+      bootstrap members. Which network's encoder the paper uses was not checked (the public re-implementation
+      averages the cosine similarity over the bootstrap members' encoders).
     - A negative cosine counts as 0 in ``F`` (with non-negative descriptors, as after a ReLU, nothing changes); this
       keeps ``F(empty) = 0`` and the greedy's guarantee.
     - ``max_represented``: U is every candidate, as in the paper, up to this many; above it, that many candidates

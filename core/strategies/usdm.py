@@ -212,22 +212,28 @@ class USDM:
     dimensions, 10 classes, b = 100: k-NN graph 88 s, propagation 4 s, QP over 2,000 items 1 s (on clustered data
     a QP over 20,000 items took about a minute).
 
-    What the paper does and what this does differently (the card marks the paper's formula UNVERIFIED: the text
-    was not available to check; the differences below are against our reading of it):
+    What the paper does and what this does differently. The paper's text was not available here; the notes below
+    compare with the authors' public MATLAB reference code (``AL_semi_fast1.m``, 2011, read through a public
+    mirror), and with our reading of the paper where the code is silent:
 
-    - **K.** In the paper K is a kernel (similarity) matrix among the candidates, dense (n x n). Here K = Z Z^T,
+    - **K.** In the reference code K is a dense Gaussian kernel ``exp(-||x_i - x_j||^2 / sigma)`` over the whole
+      pool (labelled items included; sigma and the graph's k are inputs, with no fixed default). Here K = Z Z^T,
       Z the unit-normalised rows of Gaussian weights over each item's k-NN neighbourhood among the QP's candidates,
       itself included (:func:`neighbourhood_rows`): sparse, positive semidefinite by construction (so the QP is
       convex, as with a Gaussian kernel), unit diagonal, and K_ij ~ 1 for near-duplicates, 0 for items with no
       common neighbour. A truncated Gaussian kernel would not be positive semidefinite. K is never formed: OSQP
       sees Z.
-    - **Uncertainty.** The paper's semi-supervised propagation over the whole active pool (labelled and unlabelled);
-      here the soft-clamped propagation of :func:`propagate` (``clamp`` = 1000 for labelled items, ``leak`` = 0.01
-      pulling unlabelled items towards "no label", which keeps the system well posed where no label reaches) and the
-      normalised entropy (or ``measure: margin``) of the propagated class distribution. With fewer than two classes
-      labelled, u = 1 - (propagated mass). The exact uncertainty formula of the paper is UNVERIFIED.
-    - **Trade-off.** ``diversity`` = 1 weighs the redundancy term against u scaled to a maximum of 1 (the paper tunes
-      its trade-off parameter; its default is UNVERIFIED).
+    - **Uncertainty.** The reference code propagates the labels over a 0/1 k-NN graph of the whole pool with the
+      labelled items held fixed (the harmonic solution ``F_u = -L_uu^-1 L_ul Y_l``) and scores each row by its entropy
+      divided by log C (0 for labelled items); here the soft-clamped propagation of :func:`propagate` (``clamp`` = 1000
+      for labelled items, ``leak`` = 0.01 pulling unlabelled items towards "no label", which keeps the system well posed
+      where no label reaches) and the normalised entropy (or ``measure: margin``) of the propagated class distribution.
+      With fewer than two classes labelled, u = 1 - (propagated mass). The reference code's final line computes the
+      score with a sign that, read literally, would prefer confident items (an earlier, commented-out line has the
+      uncertain-first sign); we follow the paper's stated intent: uncertain items first.
+    - **Trade-off.** The reference code multiplies the uncertainty term by r, searched over 1e-5 ... 1e5 with no
+      single default, and solves the QP with its own augmented-Lagrangian loop (here OSQP); ``diversity``
+      corresponds to 1/r, and its default 1 weighs the redundancy term against u scaled to a maximum of 1.
     - **QP size.** The paper's QP ranges over the whole pool; here over the ``qp_size`` = 2,000 most uncertain
       candidates (at least b), so the solve stays about a second; ``qp_size: null`` gives the paper's range.
     - **The graph** is a sparse k-NN graph rather than a dense kernel over the pool, computed per call (embeddings

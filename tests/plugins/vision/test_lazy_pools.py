@@ -339,3 +339,18 @@ def test_a_lazy_run_resumes_after_sigkill_like_the_others(tmp_path):
     recipe["task"]["params"]["data"] = {"kind": "hf_disk", "path": str(tmp_path / "hf"), "image_size": 8,
                                         "max_pool": 500, "max_test": 100, "lazy": True}
     kill_resume.test_sigkill_at_random_moments_then_resume(tmp_path, recipe)
+
+
+@pytest.mark.slow
+def test_a_lazy_run_on_two_processes_picks_what_one_process_picks(sources, tmp_path):
+    """--nproc 2 on a lazy pool: each worker decodes only its share of the query's chunks, rank 0 gathers the
+    scores; the labels, batches and metrics are those of the one-process run."""
+    data = {**sources["hf-rgb"], "lazy": True}
+    one = run_recipe(tmp_path, data, "one")
+    two = tmp_path / "two"
+    done = subprocess.run([str(Path(sys.executable).parent / "activelab"), "run", str(tmp_path / "one.yaml"),
+                           "--out", str(two), "-q", "--nproc", "2"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert snapshot(two) == snapshot(one) and len(snapshot(one)[1]) == 3
+    assert json.loads((two / "metrics.jsonl").read_text().splitlines()[-1])["round"] == 2
