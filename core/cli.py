@@ -61,13 +61,17 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 def nproc_checked(args: argparse.Namespace) -> tuple[int, int]:
     """This process's (rank, world size), after checking ``--nproc`` against it."""
-    from .distributed import world
+    import torch
+
+    from .distributed import gpus_enough, world
 
     rank, ranks = world()
     if args.nproc < 1:
         raise UserError(f"--nproc: must be >= 1, got {args.nproc}")
     if args.nproc > 1 and ranks > 1:
         raise UserError(f"--nproc: this process already runs as one of {ranks} (torchrun); leave --nproc out")
+    if args.nproc > 1 and torch.cuda.is_available():    # before a run folder is made
+        gpus_enough(args.nproc, "--nproc")
     return rank, ranks
 
 

@@ -79,6 +79,14 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def gpus_enough(workers: int, who: str) -> None:
+    """nccl needs a GPU of its own per worker on a machine: refuse more workers than GPUs in one line."""
+    have = torch.cuda.device_count()
+    if workers > have:
+        raise UserError(f"{who}: {workers} workers on this machine need {workers} GPUs (one each, for nccl); it has "
+                        f"{have}: use at most {have} per machine, or CUDA_VISIBLE_DEVICES= to run them on the CPU")
+
+
 def join() -> int:
     """Join the process group the launcher (``--nproc`` or torchrun) describes in the environment when it has more
     than one process: nccl with one GPU per local rank where CUDA is available, else gloo. Returns the world
@@ -86,7 +94,9 @@ def join() -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         backend = "gloo"
         if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            gpus_enough(local + 1, f"local rank {local}")
+            torch.cuda.set_device(local)
             backend = "nccl"
         dist.init_process_group(backend, timeout=TIMEOUT)
     return world()[1]
@@ -256,6 +266,9 @@ def launch(argv: list[str], nproc: int, run_dir: Any) -> int:
     naming the rank when another rank failed or any rank was killed."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    if torch.cuda.is_available():
+        gpus_enough(nproc, "--nproc")
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)

@@ -21,7 +21,7 @@ from activelab.distributed import _blocks
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}   # gloo workers, also on a 1-GPU machine
 ENV.pop("WORLD_SIZE", None)
 
 
@@ -149,3 +149,23 @@ def test_a_task_that_could_train_on_all_workers_still_picks_what_one_process_pic
     done = activelab("run", str(path), "--out", str(tmp_path / "two"), "-q", "--nproc", "2")
     assert done.returncode == 0, done.stderr
     assert picks(tmp_path / "two") == picks(tmp_path / "one") and len(picks(tmp_path / "one")) == 70
+
+
+def test_more_workers_than_gpus_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    """nccl needs one GPU per worker: on a machine with CUDA and too few GPUs, --nproc (before any worker starts)
+    and a torchrun worker (whose local rank has no GPU) are refused in one line that says what to do."""
+    import torch
+
+    from activelab import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert main(["run", str(recipe(tmp_path, {"name": "entropy"})), "--out", str(tmp_path / "r"), "--nproc", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("activelab: error: --nproc: 2 workers on this machine need 2 GPUs (one each, for nccl); it has 1: "
+                   "use at most 1 per machine, or CUDA_VISIBLE_DEVICES= to run them on the CPU")
+    assert not (tmp_path / "r").exists()          # refused before the run folder is made
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(distributed.UserError, match="^local rank 1: 2 workers on this machine need 2 GPUs"):
+        distributed.join()

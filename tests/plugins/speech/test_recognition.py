@@ -307,7 +307,7 @@ def test_two_workers_train_together_and_finish_the_run(commands, tmp_path):
               "scorer": {"name": "predicted_loss"}, "oracle": {"name": "simulated"},
               "loop": {"initial": 8, "batch": 8, "rounds": 1, "train_on_all": True}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}   # gloo workers, any GPUs
     env.pop("WORLD_SIZE", None)
     done = subprocess.run([str(Path(sys.executable).parent / "activelab"), "run", str(tmp_path / "r.yaml"), "--out",
                            str(tmp_path / "run"), "-q", "--nproc", "2"], env=env, capture_output=True, text=True,

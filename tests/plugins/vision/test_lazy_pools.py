@@ -349,7 +349,8 @@ def test_a_lazy_run_on_two_processes_picks_what_one_process_picks(sources, tmp_p
     one = run_recipe(tmp_path, data, "one")
     two = tmp_path / "two"
     done = subprocess.run([str(Path(sys.executable).parent / "activelab"), "run", str(tmp_path / "one.yaml"),
-                           "--out", str(two), "-q", "--nproc", "2"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                           "--out", str(two), "-q", "--nproc", "2"],
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""},
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert snapshot(two) == snapshot(one) and len(snapshot(one)[1]) == 3
