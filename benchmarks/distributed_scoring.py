@@ -4,6 +4,8 @@ memory per process, and whether the picks are the same.
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/distributed_scoring.py            # 100k (N = 1, 2), 1M (N = 1)
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/distributed_scoring.py --quick    # 10k (N = 1, 2), 50k (N = 1)
         [--nproc 1 2] [--large-nproc 1 2] [--threads 1] [--keep-runs]
+    .venv/bin/python benchmarks/distributed_scoring.py --rewrite benchmarks/results/distributed_scoring.json
+        # the tables again from a written JSON (adds the speed-up of older JSON files; measures nothing)
 
 Data (written once, reused): MNIST-size images as Hugging Face datasets on disk under ``runs/bench-data/``
 (git-ignored), ``mnist-hf-<n>``: a ``train`` split of n PNG images (MNIST's 60,000 train + valid images from the
@@ -235,9 +237,45 @@ def picks(run: Path) -> tuple:
 
 
 # ------------------------------------------------------------------------------------------ main
+def write_outputs(data: dict, target: Path) -> None:
+    """``target``/distributed_scoring.{md,json} from the measured configurations; each row gains ``speedup``: the
+    one-process scoring seconds on the same pool divided by its own (None without a one-process row)."""
+    results = data["configurations"]
+    one = {r["items"]: r["seconds"] for r in results if r["nproc"] == 1}
+    for r in results:
+        r["speedup"] = round(one[r["items"]] / r["seconds"], 3) if r["items"] in one and r["seconds"] else None
+    lines = [f"`{data['command']}`; {data['threads']} thread(s) per process; {data['machine']}", "",
+             "One entropy query over the pool (round 1 of `loop.rounds=1`, small CNN, MNIST-size PNGs in a Hugging "
+             "Face dataset on disk, `data.lazy: true`, `eval_batch_size` 512). Peak RSS is each rank's VmHWM: it "
+             "counts the pages of shared libraries (about 0.3 GB for torch and its kin) and of the memory-mapped "
+             "Arrow file (up to the file's size) that the process touched; 'of which private' is the largest "
+             "RssAnon seen (polled every 0.25 s). Speed-up: the one-process scoring seconds on the same pool divided "
+             "by this configuration's.", "",
+             "| items | processes | scored | scoring s | s per 100k items | speed-up | peak RSS MB per rank | of which "
+             "private MB | launcher MB | same picks as 1 process |", "|---:|---:|---:|---:|---:|---:|---|---|---:|---|"]
+    for r in results:
+        same = "-" if r["same_picks"] is None else ("yes" if r["same_picks"] else "NO")
+        launcher = "-" if r["launcher_peak_rss_mb"] is None else f"{r['launcher_peak_rss_mb']:.0f}"
+        speedup = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        lines.append(f"| {r['items']:,} | {r['nproc']} | {r['scored']:,} | {r['seconds']:.1f} | "
+                     f"{r['seconds_per_100k']:.1f} | {speedup} | "
+                     f"{', '.join(f'{v:.0f}' for v in r['peak_rss_mb_per_rank'])} | "
+                     f"{', '.join(f'{v:.0f}' for v in r['peak_anon_mb_per_rank'])} | {launcher} | {same} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "distributed_scoring.md").write_text(table)
+    (target / "distributed_scoring.json").write_text(json.dumps(data, indent=2) + "\n")
+    print(f"written: {target / 'distributed_scoring.md'}, {target / 'distributed_scoring.json'}", file=sys.stderr)
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--measure":
         print(json.dumps(measure(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--rewrite":   # the tables again from a written JSON (no measuring)
+        path = Path(sys.argv[2])
+        write_outputs(json.loads(path.read_text()), path.parent)
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="10k and 50k items instead of 100k and 1M")
@@ -273,28 +311,9 @@ def main() -> None:
         f" --large-nproc {' '.join(map(str, args.large_nproc))}")
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, torch {torch.__version__}; "
                f"load average at the end {os.getloadavg()[0]:.1f}")
-    lines = [f"`{command}`; {args.threads} thread(s) per process; {machine}", "",
-             "One entropy query over the pool (round 1 of `loop.rounds=1`, small CNN, MNIST-size PNGs in a Hugging "
-             "Face dataset on disk, `data.lazy: true`, `eval_batch_size` 512). Peak RSS is each rank's VmHWM: it "
-             "counts the pages of shared libraries (about 0.3 GB for torch and its kin) and of the memory-mapped "
-             "Arrow file (up to the file's size) that the process touched; 'of which private' is the largest "
-             "RssAnon seen (polled every 0.25 s).", "",
-             "| items | processes | scored | scoring s | s per 100k items | peak RSS MB per rank | of which private "
-             "MB | launcher MB | same picks as 1 process |", "|---:|---:|---:|---:|---:|---|---|---:|---|"]
-    for r in results:
-        same = "-" if r["same_picks"] is None else ("yes" if r["same_picks"] else "NO")
-        launcher = "-" if r["launcher_peak_rss_mb"] is None else f"{r['launcher_peak_rss_mb']:.0f}"
-        lines.append(f"| {r['items']:,} | {r['nproc']} | {r['scored']:,} | {r['seconds']:.1f} | "
-                     f"{r['seconds_per_100k']:.1f} | {', '.join(f'{v:.0f}' for v in r['peak_rss_mb_per_rank'])} | "
-                     f"{', '.join(f'{v:.0f}' for v in r['peak_anon_mb_per_rank'])} | {launcher} | {same} |")
-    table = "\n".join(lines) + "\n"
-    print(table)
     target = DATA / "results-quick" if args.quick else RESULTS
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "distributed_scoring.md").write_text(table)
-    (target / "distributed_scoring.json").write_text(json.dumps(
-        {"command": command, "threads": args.threads, "machine": machine, "configurations": results}, indent=2) + "\n")
-    print(f"written: {target / 'distributed_scoring.md'}, {target / 'distributed_scoring.json'}", file=sys.stderr)
+    write_outputs({"command": command, "threads": args.threads, "machine": machine, "configurations": results},
+                  target)
 
 
 if __name__ == "__main__":
