@@ -14,8 +14,9 @@ summation over the leading (pass) axis, and libm's ``log``. So the scores are bi
 row-major input (numpy's own summation order, hence its last bit, depends on the memory layout), and the picks are
 those of top-k over the reference, tie order included. One exception: on CPUs with AVX-512, numpy's float64 ``log``
 is its own vectorised one, which can differ from libm's in the last bit, so entropy and BALD scores can differ from
-the reference by an ulp there (seen on a lent machine's CPU) and only scores that close can swap. Speed comes from
-*pruning*, never from approximating a picked score: a row is skipped only when a rigorous upper bound on its
+the reference by a few ulp of the entropies summed (BALD, a difference of entropies, by more ulp of its own value;
+seen on a lent machine's CPU and on an AVX-512 development machine) and only scores that close can swap. Speed
+comes from *pruning*, never from approximating a picked score: a row is skipped only when a rigorous upper bound on its
 reference score is strictly below the current k-th best score ``thr`` (so an equal score with a lower position is
 never lost); ``thr`` only grows, so a pruned row could not have entered later either. Every bound below carries a
 slack that covers the float64 rounding of the reference (at least 1e-9) and the rounding of the bound itself; rows
