@@ -12,18 +12,8 @@
 # The nearest-neighbour search at scale (10^6 vectors) is benchmarks/asal_nn.py.
 # JOBS=N runs N runs at a time (compare --jobs; on a GPU they share it). For a quick check, without touching the
 # published results:  SEEDS=1 ROUNDS=2 RUNS=/tmp/asal-runs RESULTS=/tmp/asal-results bash benchmarks/asal.sh
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-RUNS=${RUNS:-runs}
-RESULTS=${RESULTS:-benchmarks/results}
-OUT=$RUNS/asal-mnist
-overrides=("scorer.params.gan.cache_dir=$RUNS/asal-cache" "task.params.features.cache_dir=$RUNS/features-cache")
-[ -n "${ROUNDS:-}" ] && overrides+=("loop.rounds=$ROUNDS")
-mkdir -p "$RESULTS"
-.venv/bin/activelab compare recipes/asal_mnist.yaml "${overrides[@]}" --strategies asal,entropy,random \
-  --seeds "${SEEDS:-5}" --jobs "${JOBS:-1}" --out "$OUT" -q
-cp "$OUT/compare.md" "$RESULTS/asal_mnist.md"
-cp "$OUT/compare.json" "$RESULTS/asal_mnist.json"
-.venv/bin/python benchmarks/asal_cost.py "$OUT" "$RESULTS/asal_mnist"
-echo "wrote $RESULTS/asal_mnist.{md,json}"
+source "$(dirname "$0")/lib.sh"
+compare_publish asal-mnist asal_mnist recipes/asal_mnist.yaml "scorer.params.gan.cache_dir=$RUNS/asal-cache" \
+  "task.params.features.cache_dir=$RUNS/features-cache" --strategies asal,entropy,random
+"$PY" benchmarks/asal_cost.py "$RUNS/asal-mnist" "$RESULTS/asal_mnist"
+echo "wrote $RESULTS/asal_mnist.{md,json} with ASAL's cost per round"

@@ -6,21 +6,15 @@
 #   bash benchmarks/low_budget.sh [digits] [mnist] [fashion]      # default: digits
 # One thread per run. digits: about 15 minutes on a 2-core machine; mnist and fashion: the SimCLR encoder trains
 # once per data set (about 10 minutes), then about 30 minutes each.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-A=.venv/bin/activelab
+# Knobs (benchmarks/lib.sh): JOBS, SEEDS, ROUNDS, RUNS, RESULTS.
+source "$(dirname "$0")/lib.sh"
 STRATEGIES=random,typiclust,probcover,entropy,margin,badge,typiclust_then_margin
-mkdir -p benchmarks/results
-
 for name in "${@:-digits}"; do
-  case "$name" in
-    digits|mnist|fashion) ;;
-    *) echo "unknown comparison '$name' (digits, mnist, fashion)" >&2; exit 2 ;;
-  esac
-  recipe="recipes/lowbudget_$name.yaml"
-  $A compare "$recipe" --strategies "$STRATEGIES" --seeds 5 --jobs "${JOBS:-1}" --out "runs/lowbudget-$name" -q
-  cp "runs/lowbudget-$name/compare.md" "benchmarks/results/low_budget_$name.md"
-  cp "runs/lowbudget-$name/compare.json" "benchmarks/results/low_budget_$name.json"
-  echo "wrote benchmarks/results/low_budget_$name.{md,json}"
+  for one in $name; do
+    case "$one" in
+      digits|mnist|fashion) compare_publish "lowbudget-$one" "low_budget_$one" "recipes/lowbudget_$one.yaml" \
+                              --strategies "$STRATEGIES" ;;
+      *) unknown "$one" "digits, mnist, fashion" ;;
+    esac
+  done
 done

@@ -11,32 +11,24 @@
 # episodes, 1 seed, 2 rounds took 2 minutes 10 s for both comparisons).
 # For a quick check, without touching the published results:
 #   EPISODES=2 SEEDS=1 ROUNDS=2 RUNS=/tmp/pal-runs RESULTS=/tmp/pal-results bash benchmarks/pal.sh
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-A=.venv/bin/activelab
-RUNS=${RUNS:-runs}
-RESULTS=${RESULTS:-benchmarks/results}
-SEEDS=${SEEDS:-5}
+source "$(dirname "$0")/lib.sh"
 STRATEGIES=pal,random_rate,threshold_entropy,entropy,random
 POLICY="$RUNS/pal/digits/policy.pt"
-overrides=("scorer.params.policy=$POLICY")
-[ -n "${ROUNDS:-}" ] && overrides+=("loop.rounds=$ROUNDS")
-mkdir -p "$RESULTS"
 
-$A pal learn recipes/pal_digits.yaml "scorer.params.policy=$POLICY" ${EPISODES:+--episodes "$EPISODES"} -q
-$A pal info "$POLICY"
+for one in ${@:-digits mnist}; do
+  case "$one" in digits|mnist) ;; *) unknown "$one" "digits, mnist" ;; esac
+done
+"$A" pal learn recipes/pal_digits.yaml "scorer.params.policy=$POLICY" ${EPISODES:+--episodes "$EPISODES"} -q
+"$A" pal info "$POLICY"
 
 for name in "${@:-digits mnist}"; do
   for one in $name; do
     case "$one" in
-      digits) recipe=recipes/pal_digits.yaml; out=pal_digits ;;
-      mnist) recipe=recipes/pal_transfer_mnist.yaml; out=pal_transfer_mnist ;;
-      *) echo "unknown comparison '$one' (digits, mnist)" >&2; exit 2 ;;
+      digits) compare_publish pal_digits pal_digits recipes/pal_digits.yaml "scorer.params.policy=$POLICY" \
+                --strategies "$STRATEGIES" ;;
+      mnist) compare_publish pal_transfer_mnist pal_transfer_mnist recipes/pal_transfer_mnist.yaml \
+               "scorer.params.policy=$POLICY" --strategies "$STRATEGIES" ;;
+      *) unknown "$one" "digits, mnist" ;;
     esac
-    $A compare "$recipe" "${overrides[@]}" --strategies "$STRATEGIES" --seeds "$SEEDS" --jobs "${JOBS:-1}" --out "$RUNS/$out" -q
-    cp "$RUNS/$out/compare.md" "$RESULTS/$out.md"
-    cp "$RUNS/$out/compare.json" "$RESULTS/$out.json"
-    echo "wrote $RESULTS/$out.{md,json}"
   done
 done

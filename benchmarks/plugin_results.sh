@@ -13,33 +13,21 @@
 # took tens of minutes (translation, restoration) to a few hours (detection, MNIST) on a 2-core machine.
 # For a quick check, without touching the published results:
 #   SEEDS=1 ROUNDS=1 RUNS=/tmp/pr-runs RESULTS=/tmp/pr-results bash benchmarks/plugin_results.sh nmt
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-A=.venv/bin/activelab
-RUNS=${RUNS:-runs}
-RESULTS=${RESULTS:-benchmarks/results}
-overrides=()
-[ -n "${ROUNDS:-}" ] && overrides+=("loop.rounds=$ROUNDS")
+source "$(dirname "$0")/lib.sh"
 for name in "${@:-mnist nmt detection restoration}"; do
   for one in $name; do
     case "$one" in
-      mnist) recipe=recipes/ceal_mnist.yaml; strategies=ceal,entropy,random
-             metrics=accuracy,n_pseudo,pseudo_accuracy ;;
-      nmt) recipe=recipes/curriculum_nmt.yaml
-           strategies=curriculum_al,uncertainty,uncertainty_curriculum,random,random_curriculum
-           metrics=bleu,chrf,steps_to_bleu ;;
-      detection) recipe=recipes/miaod_digits.yaml; strategies=miaod,random,entropy,no_stages; metrics=mAP50,mAP ;;
-      restoration) recipe=recipes/ondemand_denoise.yaml
-                   strategies=ondemand,rigid,fixated_1,fixated_2,fixated_3,fixated_4,fixated_5
-                   metrics=psnr_mean,psnr_level1,psnr_level2,psnr_level3,psnr_level4,psnr_level5,ssim_mean ;;
-      *) echo "unknown comparison '$one' (mnist, nmt, detection, restoration)" >&2; exit 2 ;;
+      mnist) compare_publish plugin-mnist plugin_mnist recipes/ceal_mnist.yaml --strategies ceal,entropy,random \
+               --metrics accuracy,n_pseudo,pseudo_accuracy ;;
+      nmt) compare_publish plugin-nmt plugin_nmt recipes/curriculum_nmt.yaml \
+             --strategies curriculum_al,uncertainty,uncertainty_curriculum,random,random_curriculum \
+             --metrics bleu,chrf,steps_to_bleu ;;
+      detection) compare_publish plugin-detection plugin_detection recipes/miaod_digits.yaml \
+                   --strategies miaod,random,entropy,no_stages --metrics mAP50,mAP ;;
+      restoration) compare_publish plugin-restoration plugin_restoration recipes/ondemand_denoise.yaml \
+                     --strategies ondemand,rigid,fixated_1,fixated_2,fixated_3,fixated_4,fixated_5 \
+                     --metrics psnr_mean,psnr_level1,psnr_level2,psnr_level3,psnr_level4,psnr_level5,ssim_mean ;;
+      *) unknown "$one" "mnist, nmt, detection, restoration" ;;
     esac
-    mkdir -p "$RESULTS"
-    $A compare "$recipe" ${overrides[@]+"${overrides[@]}"} --strategies "$strategies" --seeds "${SEEDS:-5}" \
-      --metrics "$metrics" --jobs "${JOBS:-1}" --out "$RUNS/plugin-$one" -q
-    cp "$RUNS/plugin-$one/compare.md" "$RESULTS/plugin_$one.md"
-    cp "$RUNS/plugin-$one/compare.json" "$RESULTS/plugin_$one.json"
-    echo "wrote $RESULTS/plugin_$one.{md,json}"
   done
 done

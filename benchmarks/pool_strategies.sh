@@ -11,28 +11,18 @@
 # about 15 minutes with JOBS=2 here (exact EER is the slowest: about 3 minutes a run).
 # For a quick check, without touching the published results:
 #   SEEDS=1 ROUNDS=1 RUNS=/tmp/ps-runs RESULTS=/tmp/ps-results bash benchmarks/pool_strategies.sh
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-A=.venv/bin/activelab
-RUNS=${RUNS:-runs}
-RESULTS=${RESULTS:-benchmarks/results}
-overrides=()
-[ -n "${ROUNDS:-}" ] && overrides+=("loop.rounds=$ROUNDS")
-mkdir -p "$RESULTS"
+source "$(dirname "$0")/lib.sh"
+CLASSIFICATION=eer,eer_approx,suggestive,usdm,learning_loss,entropy,margin,random
 for name in "${@:-digits rotation}"; do
   for one in $name; do
     case "$one" in
-      digits) recipe=recipes/pool_strategies_digits.yaml
-              strategies=eer,eer_approx,suggestive,usdm,learning_loss,entropy,margin,random ;;
-      rotation) recipe=recipes/emcm_rotation_digits.yaml; strategies=emcm,committee_variance,gsx,random ;;
-      mnist) recipe=recipes/pool_strategies_mnist.yaml
-             strategies=eer,eer_approx,suggestive,usdm,learning_loss,entropy,margin,random ;;
-      *) echo "unknown comparison '$one' (digits, rotation, mnist)" >&2; exit 2 ;;
+      digits) compare_publish pool-strategies-digits pool_strategies_digits recipes/pool_strategies_digits.yaml \
+                --strategies "$CLASSIFICATION" --metrics accuracy,score_seconds,fit_seconds ;;
+      mnist) compare_publish pool-strategies-mnist pool_strategies_mnist recipes/pool_strategies_mnist.yaml \
+               --strategies "$CLASSIFICATION" --metrics accuracy,score_seconds,fit_seconds ;;
+      rotation) compare_publish pool-strategies-rotation pool_strategies_rotation recipes/emcm_rotation_digits.yaml \
+                  --strategies emcm,committee_variance,gsx,random --metrics rmse,mae,score_seconds,fit_seconds ;;
+      *) unknown "$one" "digits, rotation, mnist" ;;
     esac
-    $A compare "$recipe" ${overrides[@]+"${overrides[@]}"} --strategies "$strategies" --seeds "${SEEDS:-5}" --metrics "$( [ "$one" = rotation ] && echo rmse,mae,score_seconds,fit_seconds || echo accuracy,score_seconds,fit_seconds )" --jobs "${JOBS:-1}" --out "$RUNS/pool-strategies-$one" -q
-    cp "$RUNS/pool-strategies-$one/compare.md" "$RESULTS/pool_strategies_$one.md"
-    cp "$RUNS/pool-strategies-$one/compare.json" "$RESULTS/pool_strategies_$one.json"
-    echo "wrote $RESULTS/pool_strategies_$one.{md,json}"
   done
 done

@@ -11,22 +11,18 @@
 # One thread (OMP_NUM_THREADS=1): about 4 CPU minutes of pretraining, 20 fine-tuning runs of 1 to 2 CPU minutes
 # each and 10 probe runs of under half a minute (the measured time is in docs/plugins/ceal-classification.md; wall
 # time is longer on a busy machine).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-A=.venv/bin/activelab
-WEIGHTS=runs/backbones/resnet18_fashion.pth
+# Knobs (benchmarks/lib.sh): JOBS, SEEDS, ROUNDS, RUNS, RESULTS.
+source "$(dirname "$0")/lib.sh"
+WEIGHTS=runs/backbones/resnet18_fashion.pth      # the path recipes/transfer_mnist.yaml reads
 STRATEGIES=scratch_random,scratch_margin,pretrained_random,pretrained_margin,probe_random,probe_margin
-mkdir -p benchmarks/results
 
 if [ ! -f "$WEIGHTS" ]; then
   mkdir -p "$(dirname "$WEIGHTS")"
-  $A pretrain --data fashion_mnist --arch resnet18 --max-train 6000 --epochs 2 --seed 0 --out "$WEIGHTS" -q \
+  "$A" pretrain --data fashion_mnist --arch resnet18 --max-train 6000 --epochs 2 --seed 0 --out "$WEIGHTS" -q \
     | tee runs/backbones/pretrain.txt
 fi
-$A compare recipes/transfer_mnist.yaml --strategies "$STRATEGIES" --seeds 5 --target-strategy scratch_random \
-  --out runs/transfer-mnist -q
-cp runs/transfer-mnist/compare.md benchmarks/results/transfer_mnist.md
+compare_publish transfer-mnist transfer_mnist recipes/transfer_mnist.yaml --strategies "$STRATEGIES" \
+  --target-strategy scratch_random
 # the pretraining's own numbers (its command's output), below the table
 {
   echo
@@ -35,6 +31,4 @@ cp runs/transfer-mnist/compare.md benchmarks/results/transfer_mnist.md
   echo "Made by: \`activelab pretrain --data fashion_mnist --arch resnet18 --max-train 6000 --epochs 2 --seed 0 --out $WEIGHTS\`"
   echo
   if [ -f runs/backbones/pretrain.txt ]; then sed 's/^/    /' runs/backbones/pretrain.txt; else echo "(its output was not kept)"; fi
-} >> benchmarks/results/transfer_mnist.md
-cp runs/transfer-mnist/compare.json benchmarks/results/transfer_mnist.json
-echo "wrote benchmarks/results/transfer_mnist.{md,json}"
+} >> "$RESULTS/transfer_mnist.md"

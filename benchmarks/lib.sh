@@ -1,0 +1,39 @@
+# Shared by the benchmark scripts that run `activelab compare` (sourced, not run): the repository root as the working
+# folder, one thread per run, and the knobs every script takes from the environment:
+#   JOBS     runs at a time (compare --jobs; default 1)        SEEDS    seeds per strategy (default 5)
+#   ROUNDS   loop.rounds for a quick check (default: the recipe's)
+#   RUNS     where the run folders go (default runs)           RESULTS  where the outputs are copied (default
+#                                                                       benchmarks/results)
+# A quick check that leaves the published results alone:
+#   SEEDS=1 ROUNDS=1 RUNS=/tmp/check-runs RESULTS=/tmp/check-results bash benchmarks/<script>.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+A=${ACTIVELAB:-.venv/bin/activelab}        # ACTIVELAB: another command in its place (the scripts' tests use a stub)
+PY=${PYTHON:-.venv/bin/python}
+RUNS=${RUNS:-runs}
+RESULTS=${RESULTS:-benchmarks/results}
+SEEDS=${SEEDS:-5}
+JOBS=${JOBS:-1}
+ROUND_OVERRIDES=()
+[ -n "${ROUNDS:-}" ] && ROUND_OVERRIDES+=("loop.rounds=$ROUNDS")
+mkdir -p "$RESULTS"
+
+# compare_publish RUN_FOLDER RESULT_NAME RECIPE [overrides and compare options ...]
+#   activelab compare RECIPE into $RUNS/RUN_FOLDER (resumable: the same command continues an interrupted
+#   comparison), then its compare.md and compare.json copied to $RESULTS/RESULT_NAME.{md,json}.
+compare_publish() {
+  local folder=$1 name=$2 recipe=$3
+  shift 3
+  "$A" compare "$recipe" ${ROUND_OVERRIDES[@]+"${ROUND_OVERRIDES[@]}"} "$@" --seeds "$SEEDS" --jobs "$JOBS" \
+    --out "$RUNS/$folder" -q
+  cp "$RUNS/$folder/compare.md" "$RESULTS/$name.md"
+  cp "$RUNS/$folder/compare.json" "$RESULTS/$name.json"
+  echo "wrote $RESULTS/$name.{md,json}"
+}
+
+# unknown NAME CHOICES: the one-line error for a comparison name the script does not know (exit 2)
+unknown() {
+  echo "unknown comparison '$1' ($2)" >&2
+  exit 2
+}
