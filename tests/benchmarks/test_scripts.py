@@ -123,3 +123,14 @@ def test_an_unknown_comparison_is_a_one_line_error(tmp_path, script):
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "unknown comparison 'nosuch'" in done.stderr
     assert not calls                                    # checked before anything runs (PAL's learning too)
+
+
+def test_low_budget_on_simclr_features_overrides_the_pca_recipe(tmp_path):
+    done, calls = run_script(tmp_path, "low_budget.sh", ["mnist_simclr"])
+    assert done.returncode == 0, done.stderr
+    (call,) = calls
+    assert call[1] == "recipes/lowbudget_mnist.yaml"
+    features = f"task.params.features={{kind: simclr, seed: 0, cache_dir: {tmp_path / 'runs'}/features-cache, " \
+               "max_steps: 1000}"
+    assert features in call and option(call, "--out") == str(tmp_path / "runs" / "lowbudget-mnist-simclr")
+    assert (tmp_path / "results" / "low_budget_mnist_simclr.md").exists()
