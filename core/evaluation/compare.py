@@ -228,6 +228,8 @@ def write_report(runs: list[dict[str, Any]], out_dir: Path, metrics: list[str], 
         raise UserError(f"--target-strategy: no strategy '{target}' in the comparison")
     summary = statistics.summarise(runs, metrics, metrics[0] in hooks.lower_is_better(task_cls), target)
     summary["command"] = command
+    if "cost" in summary["x"] and isinstance(getattr(task_cls, "cost_unit", None), str):
+        summary["cost_unit"] = task_cls.cost_unit             # what the cost axis counts, for tables and plots
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "compare.json").write_text(json.dumps(summary, indent=1))
     table = tables.csv_rows(summary)

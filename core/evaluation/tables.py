@@ -58,8 +58,9 @@ def markdown(summary: dict[str, Any], title: str, command: str) -> str:
             text.append("")
         xs = summary["x"]
         text += [f"Area under the budget curve of {metric} (per seed: trapezoid rule over labelled items"
-                 + (" or cost" if "cost" in xs else "") + ", divided by its range, i.e. the mean "
-                 f"{metric} over the budget; mean ± 95% interval over seeds):", "",
+                 + (" or cost" + (f" ({summary['cost_unit']})" if summary.get("cost_unit") else "") if "cost" in xs
+                    else "") + ", divided by its range, i.e. "
+                 f"the mean {metric} over the budget; mean ± 95% interval over seeds):", "",
                  "| strategy | " + " | ".join(f"AUC over {'labels' if x == 'n_labeled' else x}" for x in xs) + " |",
                  "|---|" + "---:|" * len(xs)]
         text += [f"| {k} | " + " | ".join(_pm(s["auc" if x == "n_labeled" else f"auc_{x}"]) for x in xs) + " |"
@@ -87,6 +88,14 @@ def markdown(summary: dict[str, Any], title: str, command: str) -> str:
     return "\n".join(text)
 
 
+def _axis(summary: dict[str, Any], x: str) -> str:
+    """What an x axis counts: labelled items, or the cost in the task's unit (``cost_unit``, e.g. seconds of
+    audio; compare.json files written before the unit was recorded say only "cost")."""
+    if x == "n_labeled":
+        return "labelled items"
+    return f"cost: {summary['cost_unit']}" if x == "cost" and summary.get("cost_unit") else x
+
+
 def plot_compare(summary: dict[str, Any], path: Path, x: str = "n_labeled") -> None:
     """One panel per setting, one curve per strategy: the mean over seeds, shaded by the 95% interval."""
     plt = _pyplot()
@@ -101,5 +110,4 @@ def plot_compare(summary: dict[str, Any], path: Path, x: str = "n_labeled") -> N
             high = np.array([c["mean"] if c["ci_high"] is None else c["ci_high"] for _, c in pts])
             ax.fill_between(xs, low, high, alpha=0.15)
         ax.legend()
-    _save(plt, fig, axes[0], summary["metric"], list(settings), path, dpi=110,
-          xlabel="labelled items" if x == "n_labeled" else x)
+    _save(plt, fig, axes[0], summary["metric"], list(settings), path, dpi=110, xlabel=_axis(summary, x))

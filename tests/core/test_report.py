@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from activelab.evaluation import tables
 from activelab.evaluation.compare import write_report
 from activelab.evaluation.statistics import auc, interval, labels_to_reach, paired_better, penalty, summarise
 
@@ -143,6 +144,15 @@ def test_cost_is_reported_when_every_row_has_it_and_silent_otherwise(tmp_path):
     assert (tmp_path / "cost" / "compare_cost.png").stat().st_size > 1000
     assert "AUC over cost" in (tmp_path / "cost" / "compare.md").read_text()
     assert "cost" in (tmp_path / "cost" / "compare.csv").read_text().splitlines()[0].split(",")
+
+    assert "cost_unit" not in summary                           # the task does not say what its cost counts
+
+    Task.cost_unit = "seconds of audio"
+    write_report(with_cost, tmp_path / "unit", ["wer"], Task, "c", "c")
+    summary = json.loads((tmp_path / "unit" / "compare.json").read_text())
+    assert summary["cost_unit"] == "seconds of audio" and tables._axis(summary, "cost") == "cost: seconds of audio"
+    assert "over labelled items or cost (seconds of audio)" in (tmp_path / "unit" / "compare.md").read_text()
+    assert tables._axis(summary, "n_labeled") == "labelled items"
 
     with_cost[0]["rows"][1].pop("cost")                        # one row without a cost: no cost axis at all
     write_report(with_cost, tmp_path / "plain", ["wer"], Task, "c", "c")
