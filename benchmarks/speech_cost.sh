@@ -8,20 +8,15 @@
 # compare.md and compare.json are copied to benchmarks/results/speech_cost.{md,json}.
 #   JOBS=2 bash benchmarks/speech_cost.sh
 # The Spearman correlation of the loss module's prediction with the true CTC loss on the unlabelled pool is
-# reported too. One thread per run: about 10 minutes a run on a shared 2-core machine (measured on 3 rounds of one
-# run), so about two hours with JOBS=2 (ROUNDS=4 stops at 500 labels). For a quick check
-# without touching the published results: SEEDS=1 ROUNDS=1 RUNS=/tmp/sc RESULTS=/tmp/sc-results bash ...
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-RUNS=${RUNS:-runs}
-RESULTS=${RESULTS:-benchmarks/results}
-overrides=()
-[ -n "${ROUNDS:-}" ] && overrides+=("loop.rounds=$ROUNDS")
-mkdir -p "$RESULTS"
-.venv/bin/activelab compare recipes/lossprediction_asr.yaml ${overrides[@]+"${overrides[@]}"} \
-  --strategies lossprediction_raw,lossprediction,least_confidence,least_confidence_per_second,random --seeds "${SEEDS:-5}" \
-  --metrics wer,cer,spearman_raw,spearman_norm --jobs "${JOBS:-1}" --out "$RUNS/speech-cost" -q
-cp "$RUNS/speech-cost/compare.md" "$RESULTS/speech_cost.md"
-cp "$RUNS/speech-cost/compare.json" "$RESULTS/speech_cost.json"
-echo "wrote $RESULTS/speech_cost.{md,json}"
+# reported too. One thread per run: about 100 minutes for the 25 runs with JOBS=2 on a 2-core machine. For a quick
+# check without touching the published results: SEEDS=1 ROUNDS=1 RUNS=/tmp/sc RESULTS=/tmp/sc-results bash ...
+# Knobs (benchmarks/lib.sh): JOBS, SEEDS, ROUNDS, RUNS, RESULTS. The cost plot (WER against seconds of audio) is
+# copied to docs/img/speech_cost.png when RESULTS is the published folder.
+source "$(dirname "$0")/lib.sh"
+compare_publish speech-cost speech_cost recipes/lossprediction_asr.yaml \
+  --strategies lossprediction_raw,lossprediction,least_confidence,least_confidence_per_second,random \
+  --metrics wer,cer,spearman_raw,spearman_norm
+if [ "$RESULTS" = benchmarks/results ] && [ -f "$RUNS/speech-cost/compare_cost.png" ]; then
+  cp "$RUNS/speech-cost/compare_cost.png" docs/img/speech_cost.png
+  echo "wrote docs/img/speech_cost.png"
+fi

@@ -55,6 +55,8 @@ CASES = {
                     ("recipes/pal_transfer_mnist.yaml", "pal_transfer_mnist",
                      "pal,random_rate,threshold_entropy,entropy,random")]),
     "asal.sh": ([], [("recipes/asal_mnist.yaml", "asal_mnist", "asal,entropy,random")]),
+    "speech_cost.sh": ([], [("recipes/lossprediction_asr.yaml", "speech_cost",
+                             "lossprediction_raw,lossprediction,least_confidence,least_confidence_per_second,random")]),
 }
 
 
