@@ -7,14 +7,12 @@
 # One thread per run; about 15 minutes for digits and 70 minutes for Fashion-MNIST on a 2-core machine.
 # Knobs (benchmarks/lib.sh): JOBS, SEEDS, ROUNDS, RUNS, RESULTS.
 source "$(dirname "$0")/lib.sh"
-for what in "${@:-digits fashion}"; do
-  for one in $what; do
-    case "$one" in
-      digits) compare_publish compare-digits label_efficiency_digits recipes/ceal_digits.yaml \
-                --strategies ceal,entropy,margin,bald,random --metrics accuracy,n_pseudo,pseudo_accuracy ;;
-      fashion) compare_publish compare-fashion label_efficiency_fashion recipes/ceal_fashion_mnist.yaml \
-                 --strategies ceal,entropy,random --metrics accuracy,n_pseudo,pseudo_accuracy ;;
-      *) unknown "$one" "digits, fashion" ;;
-    esac
-  done
+comparisons "digits fashion" "digits fashion" "$@"
+for one in "${COMPARISONS[@]}"; do
+  case "$one" in
+    digits) compare_publish compare-digits label_efficiency_digits recipes/ceal_digits.yaml \
+              --strategies ceal,entropy,margin,bald,random --metrics accuracy,n_pseudo,pseudo_accuracy ;;
+    fashion) compare_publish compare-fashion label_efficiency_fashion recipes/ceal_fashion_mnist.yaml \
+               --strategies ceal,entropy,random --metrics accuracy,n_pseudo,pseudo_accuracy ;;
+  esac
 done

@@ -32,8 +32,16 @@ compare_publish() {
   echo "wrote $RESULTS/$name.{md,json}"
 }
 
-# unknown NAME CHOICES: the one-line error for a comparison name the script does not know (exit 2)
-unknown() {
-  echo "unknown comparison '$1' ($2)" >&2
-  exit 2
+# comparisons KNOWN DEFAULT [NAME ...]: the names a script was given (or DEFAULT's) into the array COMPARISONS,
+# each checked against KNOWN before anything runs: an unknown one is a one-line error (exit 2).
+comparisons() {
+  local known=$1 default=$2 one
+  shift 2
+  read -r -a COMPARISONS <<< "${*:-$default}"
+  for one in "${COMPARISONS[@]}"; do
+    case " $known " in
+      *" $one "*) ;;
+      *) echo "unknown comparison '$one' (${known// /, })" >&2; exit 2 ;;
+    esac
+  done
 }

@@ -12,17 +12,15 @@
 # Knobs (benchmarks/lib.sh): JOBS, SEEDS, ROUNDS, RUNS, RESULTS.
 source "$(dirname "$0")/lib.sh"
 STRATEGIES=random,typiclust,probcover,entropy,margin,badge,typiclust_then_margin
-for name in "${@:-digits}"; do
-  for one in $name; do
-    case "$one" in
-      digits|mnist|fashion) compare_publish "lowbudget-$one" "low_budget_$one" "recipes/lowbudget_$one.yaml" \
-                              --strategies "$STRATEGIES" ;;
-      mnist_simclr|fashion_simclr)
-        data=${one%_simclr}
-        compare_publish "lowbudget-$data-simclr" "low_budget_$one" "recipes/lowbudget_$data.yaml" \
-          "task.params.features={kind: simclr, seed: 0, cache_dir: $RUNS/features-cache, max_steps: 1000}" \
-          --strategies "$STRATEGIES" ;;
-      *) unknown "$one" "digits, mnist, fashion, mnist_simclr, fashion_simclr" ;;
-    esac
-  done
+comparisons "digits mnist fashion mnist_simclr fashion_simclr" "digits" "$@"
+for one in "${COMPARISONS[@]}"; do
+  case "$one" in
+    digits|mnist|fashion) compare_publish "lowbudget-$one" "low_budget_$one" "recipes/lowbudget_$one.yaml" \
+                            --strategies "$STRATEGIES" ;;
+    mnist_simclr|fashion_simclr)
+      data=${one%_simclr}
+      compare_publish "lowbudget-$data-simclr" "low_budget_$one" "recipes/lowbudget_$data.yaml" \
+        "task.params.features={kind: simclr, seed: 0, cache_dir: $RUNS/features-cache, max_steps: 1000}" \
+        --strategies "$STRATEGIES" ;;
+  esac
 done

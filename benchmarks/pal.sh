@@ -15,20 +15,15 @@ source "$(dirname "$0")/lib.sh"
 STRATEGIES=pal,random_rate,threshold_entropy,entropy,random
 POLICY="$RUNS/pal/digits/policy.pt"
 
-for one in ${@:-digits mnist}; do
-  case "$one" in digits|mnist) ;; *) unknown "$one" "digits, mnist" ;; esac
-done
+comparisons "digits mnist" "digits mnist" "$@"     # checked before the policy is learnt
 "$A" pal learn recipes/pal_digits.yaml "scorer.params.policy=$POLICY" ${EPISODES:+--episodes "$EPISODES"} -q
 "$A" pal info "$POLICY"
 
-for name in "${@:-digits mnist}"; do
-  for one in $name; do
-    case "$one" in
-      digits) compare_publish pal_digits pal_digits recipes/pal_digits.yaml "scorer.params.policy=$POLICY" \
-                --strategies "$STRATEGIES" ;;
-      mnist) compare_publish pal_transfer_mnist pal_transfer_mnist recipes/pal_transfer_mnist.yaml \
-               "scorer.params.policy=$POLICY" --strategies "$STRATEGIES" ;;
-      *) unknown "$one" "digits, mnist" ;;
-    esac
-  done
+for one in "${COMPARISONS[@]}"; do
+  case "$one" in
+    digits) compare_publish pal_digits pal_digits recipes/pal_digits.yaml "scorer.params.policy=$POLICY" \
+              --strategies "$STRATEGIES" ;;
+    mnist) compare_publish pal_transfer_mnist pal_transfer_mnist recipes/pal_transfer_mnist.yaml \
+             "scorer.params.policy=$POLICY" --strategies "$STRATEGIES" ;;
+  esac
 done

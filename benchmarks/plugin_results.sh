@@ -14,20 +14,18 @@
 # For a quick check, without touching the published results:
 #   SEEDS=1 ROUNDS=1 RUNS=/tmp/pr-runs RESULTS=/tmp/pr-results bash benchmarks/plugin_results.sh nmt
 source "$(dirname "$0")/lib.sh"
-for name in "${@:-mnist nmt detection restoration}"; do
-  for one in $name; do
-    case "$one" in
-      mnist) compare_publish plugin-mnist plugin_mnist recipes/ceal_mnist.yaml --strategies ceal,entropy,random \
-               --metrics accuracy,n_pseudo,pseudo_accuracy ;;
-      nmt) compare_publish plugin-nmt plugin_nmt recipes/curriculum_nmt.yaml \
-             --strategies curriculum_al,uncertainty,uncertainty_curriculum,random,random_curriculum \
-             --metrics bleu,chrf,steps_to_bleu ;;
-      detection) compare_publish plugin-detection plugin_detection recipes/miaod_digits.yaml \
-                   --strategies miaod,random,entropy,no_stages --metrics mAP50,mAP ;;
-      restoration) compare_publish plugin-restoration plugin_restoration recipes/ondemand_denoise.yaml \
-                     --strategies ondemand,rigid,fixated_1,fixated_2,fixated_3,fixated_4,fixated_5 \
-                     --metrics psnr_mean,psnr_level1,psnr_level2,psnr_level3,psnr_level4,psnr_level5,ssim_mean ;;
-      *) unknown "$one" "mnist, nmt, detection, restoration" ;;
-    esac
-  done
+comparisons "mnist nmt detection restoration" "mnist nmt detection restoration" "$@"
+for one in "${COMPARISONS[@]}"; do
+  case "$one" in
+    mnist) compare_publish plugin-mnist plugin_mnist recipes/ceal_mnist.yaml --strategies ceal,entropy,random \
+             --metrics accuracy,n_pseudo,pseudo_accuracy ;;
+    nmt) compare_publish plugin-nmt plugin_nmt recipes/curriculum_nmt.yaml \
+           --strategies curriculum_al,uncertainty,uncertainty_curriculum,random,random_curriculum \
+           --metrics bleu,chrf,steps_to_bleu ;;
+    detection) compare_publish plugin-detection plugin_detection recipes/miaod_digits.yaml \
+                 --strategies miaod,random,entropy,no_stages --metrics mAP50,mAP ;;
+    restoration) compare_publish plugin-restoration plugin_restoration recipes/ondemand_denoise.yaml \
+                   --strategies ondemand,rigid,fixated_1,fixated_2,fixated_3,fixated_4,fixated_5 \
+                   --metrics psnr_mean,psnr_level1,psnr_level2,psnr_level3,psnr_level4,psnr_level5,ssim_mean ;;
+  esac
 done

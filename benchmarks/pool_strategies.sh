@@ -13,16 +13,14 @@
 #   SEEDS=1 ROUNDS=1 RUNS=/tmp/ps-runs RESULTS=/tmp/ps-results bash benchmarks/pool_strategies.sh
 source "$(dirname "$0")/lib.sh"
 CLASSIFICATION=eer,eer_approx,suggestive,usdm,learning_loss,entropy,margin,random
-for name in "${@:-digits rotation}"; do
-  for one in $name; do
-    case "$one" in
-      digits) compare_publish pool-strategies-digits pool_strategies_digits recipes/pool_strategies_digits.yaml \
-                --strategies "$CLASSIFICATION" --metrics accuracy,score_seconds,fit_seconds ;;
-      mnist) compare_publish pool-strategies-mnist pool_strategies_mnist recipes/pool_strategies_mnist.yaml \
-               --strategies "$CLASSIFICATION" --metrics accuracy,score_seconds,fit_seconds ;;
-      rotation) compare_publish pool-strategies-rotation pool_strategies_rotation recipes/emcm_rotation_digits.yaml \
-                  --strategies emcm,committee_variance,gsx,random --metrics rmse,mae,score_seconds,fit_seconds ;;
-      *) unknown "$one" "digits, rotation, mnist" ;;
-    esac
-  done
+comparisons "digits rotation mnist" "digits rotation" "$@"
+for one in "${COMPARISONS[@]}"; do
+  case "$one" in
+    digits) compare_publish pool-strategies-digits pool_strategies_digits recipes/pool_strategies_digits.yaml \
+              --strategies "$CLASSIFICATION" --metrics accuracy,score_seconds,fit_seconds ;;
+    mnist) compare_publish pool-strategies-mnist pool_strategies_mnist recipes/pool_strategies_mnist.yaml \
+             --strategies "$CLASSIFICATION" --metrics accuracy,score_seconds,fit_seconds ;;
+    rotation) compare_publish pool-strategies-rotation pool_strategies_rotation recipes/emcm_rotation_digits.yaml \
+                --strategies emcm,committee_variance,gsx,random --metrics rmse,mae,score_seconds,fit_seconds ;;
+  esac
 done

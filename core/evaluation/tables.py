@@ -57,9 +57,9 @@ def markdown(summary: dict[str, Any], title: str, command: str) -> str:
             text += [f"| {n:g} | " + " | ".join(_pm(cell.get((k, n))) for k in strategies) + " |" for n in counts]
             text.append("")
         xs = summary["x"]
+        unit = f" ({summary['cost_unit']})" if summary.get("cost_unit") else ""
         text += [f"Area under the budget curve of {metric} (per seed: trapezoid rule over labelled items"
-                 + (" or cost" + (f" ({summary['cost_unit']})" if summary.get("cost_unit") else "") if "cost" in xs
-                    else "") + ", divided by its range, i.e. "
+                 + (f" or cost{unit}" if "cost" in xs else "") + ", divided by its range, i.e. "
                  f"the mean {metric} over the budget; mean ± 95% interval over seeds):", "",
                  "| strategy | " + " | ".join(f"AUC over {'labels' if x == 'n_labeled' else x}" for x in xs) + " |",
                  "|---|" + "---:|" * len(xs)]
