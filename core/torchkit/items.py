@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator, Sequence
 
+import numba as nb
 import numpy as np
 
 from activelab.protocol import Candidates, ItemId
@@ -68,15 +69,32 @@ class ItemIndex:
             raise ValueError(self._unknown(item_id))
         return self._position[item_id]
 
+    def blocks(self, ids: Sequence[ItemId], size: int) -> Iterator[slice | np.ndarray]:
+        """The positions of ``ids`` in blocks of at most ``size`` (see :func:`row_blocks`): views where consecutive.
+        The pool's candidates say their rows increase, so their blocks are told apart without reading the rows."""
+        rows = self.positions(ids)
+        increasing = isinstance(ids, Candidates) and ids.increasing and rows is ids.rows
+        return row_blocks(rows, size, increasing=increasing)
 
-def row_blocks(rows: np.ndarray, size: int) -> Iterator[slice | np.ndarray]:
+
+@nb.njit(cache=True, nogil=True)
+def _consecutive(block: np.ndarray) -> bool:
+    """Each row is the one before plus 1 (one branch-free read of the block, no temporaries)."""
+    ok = True
+    for i in range(1, block.size):
+        ok &= block[i] == block[i - 1] + 1
+    return ok
+
+
+def row_blocks(rows: np.ndarray, size: int, increasing: bool = False) -> Iterator[slice | np.ndarray]:
     """``rows`` in consecutive blocks of at most ``size``, each as a ``slice`` where its rows are consecutive
-    (indexing an array with it is a view, not a copy) and as the index array otherwise."""
-    rows = np.asarray(rows, dtype=np.int64)
+    (indexing an array with it is a view, not a copy) and as the index array otherwise. ``increasing``: the rows
+    are known to strictly increase, so a block whose first and last rows are ``len - 1`` apart is consecutive
+    (not read); otherwise such a block is read once to check."""
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
     for start in range(0, len(rows), size):
         block = rows[start:start + size]
-        if len(block) and block[-1] - block[0] == len(block) - 1 and \
-                (len(block) == 1 or bool(np.all(block[1:] - block[:-1] == 1))):
+        if len(block) and block[-1] - block[0] == len(block) - 1 and (increasing or _consecutive(block)):
             yield slice(int(block[0]), int(block[-1]) + 1)
         else:
             yield block

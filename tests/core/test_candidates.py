@@ -44,6 +44,29 @@ def test_row_blocks_are_views_where_consecutive():
     assert blocks[0] == slice(3, 6) and blocks[1].tolist() == [9, 8, 10]
     assert list(row_blocks(np.array([7]), 4)) == [slice(7, 8)]
     assert list(row_blocks(np.zeros(0, dtype=np.int64), 4)) == []
+    for gappy in ([3, 5, 4], [3, 3, 5], [5, 4, 3]):     # first and last rows as in a run, but not a run
+        (block,) = row_blocks(np.array(gappy), 3)
+        assert isinstance(block, np.ndarray) and block.tolist() == gappy
+
+
+def test_the_pools_candidates_are_cut_into_views_without_reading_their_rows(monkeypatch):
+    from activelab.torchkit import items
+
+    universe = [f"x{i}" for i in range(10)]
+    index = ItemIndex(universe)
+    pool_like = Candidates(universe, np.array([0, 1, 2, 3, 5, 7, 8]), increasing=True)   # rows 4 and 6 labelled
+    unknown = Candidates(universe, np.array([0, 1, 2, 3, 5, 7, 8]))                     # same rows, not vouched
+    assert Candidates(universe).increasing and not unknown.increasing
+    assert pool_like[1:].increasing and not pool_like[::-1].increasing and not pool_like.take([0, 1]).increasing
+    reads = []
+    monkeypatch.setattr(items, "_consecutive", lambda block: reads.append(len(block)) or True)
+    blocks = list(index.blocks(pool_like, 4))
+    assert blocks[0] == slice(0, 4) and blocks[1].tolist() == [5, 7, 8] and reads == []
+    list(index.blocks(unknown, 4))
+    assert reads == [4]                                                  # an unvouched run is read to check it
+    reads.clear()
+    other_order = Candidates(list(reversed(universe)), np.array([0, 1, 2]), increasing=True)
+    assert list(index.blocks(other_order, 4))[0].tolist() == [9, 8, 7] and reads == []   # looked up by id
 
 
 def test_reblock_joins_small_chunks_and_bounds_bytes():

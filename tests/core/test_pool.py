@@ -58,7 +58,7 @@ def test_label_pool_takes_labelled_items_out_and_refuses_strangers(tmp_path):
     batch = ["b", "c"]
     assert pool.apply(Label("b", 1), 0, batch) == "labelled"
     assert pool.apply(Label("b", 1), 0, batch) == "same"
-    assert pool.candidates() == ["a", "c"]
+    assert pool.candidates() == ["a", "c"] and pool.candidates().increasing   # rows in pool order, vouched
     with pytest.raises(UserError, match="not in round 0's batch"):
         pool.apply(Label("a", 0), 0, batch)
     with pytest.raises(UserError, match="classes are 0 and 1"):
