@@ -250,24 +250,22 @@ def build_activelab(workload: str, data: np.ndarray, s: dict[str, int]) -> Query
 
     k = s["k"]
     if workload in UNCERTAINTY:
-        n_items = len(data)
-        task = ArrayTask(probs=data, n=n_items)
+        task = ArrayTask(probs=data, n=len(data))
         scorer = {"entropy": Entropy, "margin": Margin, "least_confidence": LeastConfidence}[workload]()
         first, labels = 0, {}
     elif workload == "bald":
-        n_items = data.shape[1]
-        task = ArrayTask(mc_probs=data, n=n_items)
+        task = ArrayTask(mc_probs=data, n=data.shape[1])
         scorer = BALD(BALD.Config(samples=data.shape[0]))
         first, labels = 0, {}
     else:
-        n_items = len(data)
-        task = ArrayTask(emb=data, n=n_items)
+        task = ArrayTask(emb=data, n=len(data))
         scorer = KCenterGreedy()
         first = s["labelled"]
         labels = {item: 0 for item in task.pool_ids()[:first]}
     # the unlabelled rows in increasing order, as the pool gives them, built once outside the timed call as the pool
     # builds them once per round (small-text's index arrays are built outside its timed call too)
-    candidates = Candidates(task.pool_ids(), np.arange(first, n_items), increasing=True)
+    ids = task.pool_ids()
+    candidates = Candidates(ids, np.arange(first, len(ids)), increasing=True)
 
     def query() -> np.ndarray:
         ctx = Context(round=1, seed=0, budget=k, labels=labels, progress=False)
