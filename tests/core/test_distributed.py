@@ -72,7 +72,10 @@ def test_two_processes_pick_what_one_process_picks(tmp_path, scorer, selector):
 
 
 def test_a_killed_worker_stops_the_run_with_one_line_and_resume_finishes_it(tmp_path):
-    path = recipe(tmp_path, {"name": "bald", "params": {"samples": 5}}, rounds=6)
+    # Enough rounds that the run cannot finish between round 0's metrics appearing and the kill (a round after the
+    # first takes about 0.2 s here); the worker list is read from the run's store directly, not through a second
+    # `activelab status` process, whose start alone can outlast a short run on a loaded machine.
+    path = recipe(tmp_path, {"name": "bald", "params": {"samples": 5}}, rounds=40)
     run = tmp_path / "two"
     proc = subprocess.Popen([str(BIN / "activelab"), "run", str(path), "--out", str(run), "-q", "--nproc", "2"],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -81,9 +84,10 @@ def test_a_killed_worker_stops_the_run_with_one_line_and_resume_finishes_it(tmp_
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:   # wait until round 0's model exists
             if (run / "metrics.jsonl").exists():
-                workers = json.loads(activelab("status", str(run), "--json").stdout)["workers"]
+                with sqlite3.connect(run / "labels.sqlite") as db:
+                    workers = json.loads(db.execute("SELECT value FROM state WHERE key = 'workers'").fetchone()[0])
                 break
-            time.sleep(0.2)
+            time.sleep(0.05)
         assert workers, "the run never finished round 0"
         os.kill(next(w["pid"] for w in workers if w["rank"] == 1), signal.SIGKILL)
         _, err = proc.communicate(timeout=300)
