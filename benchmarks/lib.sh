@@ -32,6 +32,15 @@ compare_publish() {
   echo "wrote $RESULTS/$name.{md,json}"
 }
 
+# publish_plot RUN_FOLDER NAME: a comparison's cost plot ($RUNS/RUN_FOLDER/compare_cost.png) copied to
+#   docs/img/NAME.png for the docs, only when RESULTS is the published folder (a quick check leaves the docs alone).
+publish_plot() {
+  if [ "$RESULTS" = benchmarks/results ] && [ -f "$RUNS/$1/compare_cost.png" ]; then
+    cp "$RUNS/$1/compare_cost.png" "docs/img/$2.png"
+    echo "wrote docs/img/$2.png"
+  fi
+}
+
 # comparisons KNOWN DEFAULT [NAME ...]: the names a script was given (or DEFAULT's) into the array COMPARISONS,
 # each checked against KNOWN before anything runs: an unknown one is a one-line error (exit 2).
 comparisons() {

@@ -25,11 +25,7 @@ for one in "${COMPARISONS[@]}"; do
            --metrics bleu,chrf,steps_to_bleu ;;
     detection) compare_publish plugin-detection plugin_detection recipes/miaod_digits.yaml \
                  --strategies miaod,random,entropy,no_stages --metrics mAP50,mAP
-               # the cost plot (mAP@0.5 against boxes labelled) for the page, when RESULTS is the published folder
-               if [ "$RESULTS" = benchmarks/results ] && [ -f "$RUNS/plugin-detection/compare_cost.png" ]; then
-                 cp "$RUNS/plugin-detection/compare_cost.png" docs/img/detection_cost.png
-                 echo "wrote docs/img/detection_cost.png"
-               fi ;;
+               publish_plot plugin-detection detection_cost ;;   # mAP@0.5 against boxes labelled
     restoration) compare_publish plugin-restoration plugin_restoration recipes/ondemand_denoise.yaml \
                    --strategies ondemand,rigid,fixated_1,fixated_2,fixated_3,fixated_4,fixated_5 \
                    --metrics psnr_mean,psnr_level1,psnr_level2,psnr_level3,psnr_level4,psnr_level5,ssim_mean ;;

@@ -16,7 +16,4 @@ source "$(dirname "$0")/lib.sh"
 compare_publish speech-cost speech_cost recipes/lossprediction_asr.yaml \
   --strategies lossprediction_raw,lossprediction,least_confidence,least_confidence_per_second,random \
   --metrics wer,cer,spearman_raw,spearman_norm
-if [ "$RESULTS" = benchmarks/results ] && [ -f "$RUNS/speech-cost/compare_cost.png" ]; then
-  cp "$RUNS/speech-cost/compare_cost.png" docs/img/speech_cost.png
-  echo "wrote docs/img/speech_cost.png"
-fi
+publish_plot speech-cost speech_cost

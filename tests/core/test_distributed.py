@@ -18,6 +18,7 @@ import yaml
 
 from activelab.cli import main
 from activelab.distributed import _blocks
+from activelab.store import LabelStore
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -84,8 +85,11 @@ def test_a_killed_worker_stops_the_run_with_one_line_and_resume_finishes_it(tmp_
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:   # wait until round 0's model exists
             if (run / "metrics.jsonl").exists():
-                with sqlite3.connect(run / "labels.sqlite") as db:
-                    workers = json.loads(db.execute("SELECT value FROM state WHERE key = 'workers'").fetchone()[0])
+                store = LabelStore(run / "labels.sqlite", create=False)
+                try:
+                    workers = store.get_state("workers")
+                finally:
+                    store.close()
                 break
             time.sleep(0.05)
         assert workers, "the run never finished round 0"
