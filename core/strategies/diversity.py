@@ -108,14 +108,11 @@ def k_center_scores(points: np.ndarray, min_dist: np.ndarray, budget: int) -> np
     scores is exactly the greedy sequence. With nothing labelled the first pick is the point nearest the mean of all
     points, and it scores 1 more than the highest other score (distances there are infinite).
 
-    Exact, and it reads little (:mod:`.kcenter`): every decision and every pick's score uses float64 distances of
-    the given coordinates (float32 embeddings are not copied to float64), so the picks are those of a float64 brute
-    force, ties included. The points are grouped (two-level k-means) and held as int16 offsets from their group's
-    mean; integer dot products bound each distance, and the triangle inequality skips every group (and point) whose
-    distances to the new pick cannot undercut what its points already have, which leaves their distances unchanged
-    -- the pruning is exact. An unpicked point's score is exact wherever it could reach the last pick's; elsewhere it
-    is the exact distance to one labelled or picked item, within ~1e-4 (relative to the group's size) of its
-    nearest. Extra memory: N * D * 2 bytes plus O(N).
+    Exact (:mod:`.kcenter`): every decision and every score uses float64 distances of the given coordinates
+    (float32 embeddings are not copied to float64), so the picks and scores are those of a float64 brute force,
+    ties included. The bulk of the arithmetic is float32 matrix products (BLAS), 32 picks at a time, whose rigorous
+    error bounds rule out every pick that cannot come closer to a point; only the rest get an exact distance.
+    Extra memory: N * D * 4 bytes plus O(N).
     """
     from .kcenter import farthest_first
 

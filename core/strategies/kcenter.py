@@ -1,35 +1,27 @@
-"""Exact greedy k-center and nearest distances that never read more than they must.
+"""Exact greedy k-center and nearest distances, with the bulk of the arithmetic in float32 matrix products.
 
 Greedy k-center (farthest-first traversal) is the core-set selection of Sener & Savarese 2018: each pick is the
-point farthest from everything labelled or picked so far. Done naively every pick reads all N embeddings. Here:
+point farthest from everything labelled or picked so far. Done naively every pick computes N distances. Here:
 
 - **Exact distances** are float64 ``sqrt(sum_k (a_k - b_k)^2)`` of the given coordinates (float32 embeddings
   are read as they are, never copied to float64), the squares added in numpy's pairwise order, so that
   :func:`exact_distance` equals numpy's ``np.sqrt(np.square(a - b).sum())`` bit for bit. Every decision -- which
-  point is picked, every returned pick distance -- is taken on these values, ties going to the lower index: the
-  picks are those of a float64 numpy brute force, even where two distances tie only after rounding.
-- **Bounds instead of distances.** The points are split into groups (two-level k-means on a sample, about sqrt(N)
-  groups; any split is correct, a good one prunes more). Within a group the offsets ``y = x - mu_g`` from the
-  group mean are stored as int16 vectors ``s_g * q`` with the rounding residual ``r`` of each point. A distance to
-  a new centre ``c`` (also quantised, relative to the group mean) is then an integer dot product -- exact, no
-  overflow by the choice of scales -- and the triangle inequality gives an interval
-  ``[delta - r_j - r_c, delta + r_j + r_c]`` that contains the exact distance (widened by a few units in the last
-  place for the float64 arithmetic). Every point keeps an interval ``[L_j, H_j]`` around its exact distance to
-  the nearest labelled/picked item.
-- **Pruning, exact by the triangle inequality.** A group is skipped for a new centre ``c`` when
-  ``d(c, mu_g) - rho_g >= max_{j in g} H_j`` (``rho_g`` = the group's radius): every member is then at least as
-  far from ``c`` as from its current nearest item, so no distance changes. The same test per point with its own
-  ``|y_j|`` skips the dot product. On clustered embeddings (the penultimate layer of a trained classifier) a pick
-  touches only the groups of its own cluster; on isotropic data nothing prunes and a step costs one int16 pass over
-  the data (half the bytes of float32) plus scalar work.
-- **Picking.** The next pick is the unpicked point of largest exact distance. Only points whose upper bound
-  ``H_j`` reaches the largest lower bound ``max L`` can be it; their exact distances are computed (cached and
-  extended incrementally over new picks, abandoned as soon as they fall below the best found; the item a point's
-  upper bound came from is tried first, and a bitwise copy of the best so far inherits its distance) and compared
-  exactly.
+  point is picked, every returned distance -- is taken on these values, ties going to the lower index: the picks
+  and distances are those of a float64 numpy brute force, even where two distances tie only after rounding.
+- **Bounds from float32 products.** Every point keeps ``hi[j]``, its exact distance to the nearest labelled item
+  or applied pick. Picks are applied a batch (:data:`BATCH`) at a time: one BLAS product of the centred float32
+  rows with the batch's rows gives each distance within a rigorous error bound (the products' rounding, ``2
+  gamma_D |y||z|`` in any summation order, and the rounding of the rows to float32; see :func:`_apply`), and a pick
+  whose lower bound is >= ``hi[j]`` cannot come closer. Only the others -- the points a pick really comes closer
+  to, and a thin band around them -- get an exact distance. The rows are read once per batch, by BLAS.
+- **Choosing.** A pick not yet applied can only lower a distance, so the next pick is found among the points whose
+  ``hi`` reaches the best exact distance found so far: blocks of about sqrt(N) consecutive points, visited from the
+  largest ``hi`` down, skip everything else; a candidate's distances to the unapplied picks are computed exactly,
+  stopping as soon as it falls behind. When that took many distances (a cold start, where nothing is finite yet),
+  the picks are applied at once. Neither the batch nor the blocks change the result, only the work.
 
-Memory: the int16 copy (N * D * 2 bytes) and a dozen length-N vectors; temporaries of the clustering and of
-:func:`nearest_distances` are blocked to about :data:`TEMP_BYTES`.
+Memory: a float32 copy of the points (N * D * 4 bytes) and a few length-N vectors; the products and the
+temporaries of :func:`nearest_distances` are blocked to about :data:`TEMP_BYTES`.
 """
 from __future__ import annotations
 
@@ -40,11 +32,10 @@ import numpy as np
 
 TEMP_BYTES = 16 << 20
 """Target size of one blocked temporary (a block of a distance matrix, a block of centred rows)."""
+BATCH = 32
+"""Picks applied together, in one matrix product over the points (the picks themselves do not depend on it)."""
 
-_NORM_CAP = 46339.0         # int vectors of norm <= 46339 have |dot| <= 46339**2 < 2**31: exact int32 sums
-_COORD_CAP = 32700.0        # and coordinates inside int16
 _U32 = 2.0 ** -24
-_LLOYD = 4                  # Lloyd iterations on the sample (the grouping only has to be good, not converged)
 
 
 def _eps(dim: int) -> float:
@@ -171,302 +162,89 @@ def _nearest_to_mean(x):
 
 
 @nb.njit(cache=True)
-def _quantise(x, orig, gstart, eps):
-    """Group means, offsets quantised to int16 (positions = group order), their squared norms, residuals and
-    (inflated) offset norms, the groups' radii and scales."""
-    n = orig.shape[0]
-    dim = x.shape[1]
-    n_groups = gstart.shape[0] - 1
-    mu = np.zeros((n_groups, dim))
-    for g in range(n_groups):
-        for p in range(gstart[g], gstart[g + 1]):
-            for k in range(dim):
-                mu[g, k] += x[orig[p], k]
-        cnt = gstart[g + 1] - gstart[g]
-        if cnt > 0:
-            for k in range(dim):
-                mu[g, k] /= cnt
-    q = np.empty((n, dim), np.int16)
-    nq = np.empty(n, np.int64)
-    res = np.empty(n)
-    ynorm = np.empty(n)
-    rho = np.zeros(n_groups)
-    scale = np.ones(n_groups)
-    cap = _NORM_CAP - 0.5 * np.sqrt(dim) - 2.0
-    for g in range(n_groups):
-        amax = 0.0
-        ymax = 0.0
-        for p in range(gstart[g], gstart[g + 1]):
-            s2 = 0.0
-            for k in range(dim):
-                y = x[orig[p], k] - mu[g, k]
-                s2 += y * y
-                amax = max(amax, abs(y))
-            if not np.isfinite(s2):
-                raise ValueError("embeddings must be finite")
-            ynorm[p] = np.sqrt(s2) * (1.0 + eps)
-            ymax = max(ymax, ynorm[p])
-        rho[g] = ymax
-        s = max(ymax / cap, amax / _COORD_CAP)
-        if not s > 0.0:
-            s = 1.0
-        scale[g] = s
-        inv = 1.0 / s
-        for p in range(gstart[g], gstart[g + 1]):
-            n2 = 0
-            r2 = 0.0
-            for k in range(dim):
-                y = x[orig[p], k] - mu[g, k]
-                v = math.floor(y * inv + 0.5)       # any integer near y / s will do: r measures what it misses
-                iv = np.int64(v)
-                q[p, k] = iv
-                n2 += iv * iv
-                e = y - s * v
-                r2 += e * e
-            nq[p] = n2
-            res[p] = np.sqrt(r2) * (1.0 + eps) + eps * ynorm[p]
-    return mu, rho, scale, q, nq, res, ynorm
-
-
-@nb.njit(cache=True)
-def _refresh(g, gstart, picked, lo, hi, lmax, hmax):
-    a = -1.0
+def _refresh(g, bstart, picked, hi, hmax):
+    """``hmax[g]``: the largest distance of an unpicked point of block ``g`` (-1 if none)."""
     b = -1.0
-    for j in range(gstart[g], gstart[g + 1]):
+    for j in range(bstart[g], bstart[g + 1]):
         if not picked[j]:
-            a = max(a, lo[j])
             b = max(b, hi[j])
-    lmax[g] = a
     hmax[g] = b
 
 
 @nb.njit(cache=True)
-def _extend(j, n_done, limit, limit_orig, x, orig, pick_orig, exv, exa, exn, stats):
-    """Extend j's cached exact distance over the picks not yet included; stop early once j cannot beat
-    ``(limit, limit_orig)``. Returns (value, True when it covers all ``n_done`` picks)."""
-    v = exv[j]
-    a = exa[j]
-    i = exn[j]
-    oj = orig[j]
-    while i < n_done:
-        if v <= 0.0:                      # nothing comes closer than 0: exact over all picks
-            i = n_done
-            break
-        if v < limit or (v == limit and oj > limit_orig):
-            break
-        d = _dist(x, oj, x, pick_orig[i])
-        stats[1] += 1
-        if d < v:
-            v = d
-            a = i
-        i += 1
-    exv[j] = v
-    exa[j] = a
-    exn[j] = i
-    return v, i == n_done
+def _refresh_all(bstart, picked, hi, hmax):
+    for g in range(bstart.shape[0] - 1):
+        _refresh(g, bstart, picked, hi, hmax)
 
 
 @nb.njit(cache=True)
-def _same(x, i, j):
-    for k in range(x.shape[1]):
-        if x[i, k] != x[j, k]:
-            return False
-    return True
-
-
-@nb.njit(cache=True)
-def _near_first(j, n_done, x, orig, pick_orig, hi, near, exv, exa, exn, stats):
-    """The exact distance to the item j's upper bound came from (usually its nearest), when the cache does not
-    cover it yet: a cheap first look. A distance of 0 settles j's exact distance at once."""
-    nj = near[j]
-    if nj < exn[j]:
-        return np.inf
-    d = _dist(x, orig[j], x, pick_orig[nj])
-    stats[1] += 1
-    hi[j] = min(hi[j], d)
-    if d <= 0.0 and exn[j] < n_done:          # distances are >= 0: nothing comes closer
-        if d < exv[j]:
-            exv[j] = d
-            exa[j] = nj
-        exn[j] = n_done
-    return d
-
-
-@nb.njit(cache=True)
-def _choose(n_done, x, m, orig, gstart, picked, lo, hi, near, lmax, hmax, pick_orig, exv, exa, exn, stats):
-    """The unpicked position with the largest exact distance (ties: lowest original index) and that distance."""
-    n_groups = gstart.shape[0] - 1
-    thr = -1.0
-    for g in range(n_groups):
-        thr = max(thr, lmax[g])
-    order = np.argsort(-hmax)
-    best = -1
-    bestv = -1.0
-    besto = orig.shape[0]                 # no original index reaches it
-    for gi in range(n_groups):
-        g = order[gi]
-        if hmax[g] < thr or hmax[g] < bestv:
+def _choose(applied, n_done, x, bstart, picked, hi, hmax, picks, stats):
+    """The unpicked point with the largest exact distance to everything labelled or picked (ties: the lowest index)
+    and that distance. ``hi[j]`` is exact over the labelled items and the first ``applied`` picks; the picks
+    ``applied .. n_done - 1``, not yet applied, can only lower it. So a point whose ``hi`` is below the best exact
+    distance found so far cannot be the answer, nor can a block whose largest ``hi`` is; blocks are visited from the
+    largest ``hi`` down. A candidate's distances to the unapplied picks are computed exactly, stopping as soon as it
+    falls behind."""
+    best, bestv = -1, -1.0
+    for g in np.argsort(-hmax):
+        if hmax[g] < bestv:
             break
-        for j in range(gstart[g], gstart[g + 1]):
-            if picked[j]:
+        for j in range(bstart[g], bstart[g + 1]):
+            v = hi[j]
+            if picked[j] or v < bestv or (v == bestv and j > best):
                 continue
-            h = hi[j]
-            if h < thr or h < bestv or (h == bestv and orig[j] > besto):
-                continue
-            if exn[j] < n_done:
-                if best >= 0 and m[j] == m[best] and _same(x, orig[j], orig[best]):
-                    # a copy of the best so far (ties are common among copies): the same distances, bit for bit
-                    exv[j], exa[j], exn[j] = bestv, exa[best], n_done
-                    lo[j], hi[j], near[j] = bestv, bestv, exa[best]
-                    if orig[j] < besto:
-                        best, besto = j, orig[j]
-                    continue
-                d = _near_first(j, n_done, x, orig, pick_orig, hi, near, exv, exa, exn, stats)
-                if d < bestv or (d == bestv and orig[j] > besto):
-                    continue
-            v, done = _extend(j, n_done, bestv, besto, x, orig, pick_orig, exv, exa, exn, stats)
-            if v < hi[j]:
-                hi[j] = v
-                near[j] = exa[j]
-            if done:
-                lo[j] = v
-                if v > bestv or (v == bestv and orig[j] < besto):
-                    best, bestv, besto = j, v, orig[j]
-                    thr = max(thr, v)
+            for t in range(applied, n_done):
+                v = min(v, _dist(x, j, x, picks[t]))
+                stats[1] += 1
+                if v < bestv or (v == bestv and j > best):
+                    break
+            if v > bestv or (v == bestv and j < best):
+                best, bestv = j, v
     return best, bestv
 
 
 @nb.njit(cache=True)
-def _update(step, c, x, mu, rho, scale, q, nq, res, ynorm, gstart, picked, lo, hi, near, lmax, hmax, w, z, eps,
-            stats):
-    """Tighten every point's interval with the new centre ``x[c]``, skipping groups and points that provably
-    cannot come closer to it than they already are."""
-    n_groups = gstart.shape[0] - 1
-    dim = x.shape[1]
-    cap = _NORM_CAP - 0.5 * np.sqrt(dim) - 2.0
-    one_m = 1.0 - eps
+def _apply(dots, p0, t0, xn2, xerr, xnorm, cn2, cerr, cnorm, x, picks, picked, hi, eps, gam):
+    """Apply the picks ``t0 ..`` (one per column of ``dots``) to points ``p0 .. p0 + len(dots) - 1``: ``hi[j]``
+    becomes the exact distance to the nearest of them where one comes closer. Returns the number of exact
+    distances computed.
+
+    ``dots`` are the float32 products of the centred float32 rows y (points) and z (picks): ``|y - z|^2`` is
+    ``|y|^2 + |z|^2 - 2 y.z`` within ``eta = 2.02 gamma_D |y||z| + c1 (|y|^2 + |z|^2)`` (the products' rounding in
+    any summation order, ``gamma_D = D u / (1 - D u)``, and float64 rounding), and the exact distance is within the
+    rounding errors to float32 ``r_y + r_z`` of ``|y - z|`` (triangle inequality). A pick whose lower bound is >=
+    ``hi[j]`` (inflated by a few units in the last place) cannot come closer. One pass over the point's row with
+    the batch's largest ``r_z`` settles the usual case, none coming closer; otherwise each pick that might gets its
+    exact distance."""
+    n_c = dots.shape[1]
     one_p = 1.0 + eps
     up2 = 1.0 + 2.0 * eps                 # >= 1 / (1 - eps)
     up4 = 1.0 + 4.0 * eps
-    for g in range(n_groups):
-        zn2 = 0.0
-        zmax = 0.0
-        for k in range(dim):
-            z[k] = x[c, k] - mu[g, k]
-            zn2 += z[k] * z[k]
-            zmax = max(zmax, abs(z[k]))
-        zn = np.sqrt(zn2)
-        zlo = zn * one_m
-        if (zlo - rho[g]) * one_m >= hmax[g]:
-            stats[2] += 1
-            continue
-        t = max(zn / cap, zmax / _COORD_CAP)
-        if not t > 0.0:
-            t = 1.0
-        nw = 0
-        r2 = 0.0
-        inv = 1.0 / t
-        for k in range(dim):
-            v = math.floor(z[k] * inv + 0.5)
-            iv = np.int64(v)
-            w[k] = iv
-            nw += iv * iv
-            e = z[k] - t * v
-            r2 += e * e
-        rz = np.sqrt(r2) * one_p + eps * zn
-        s2 = scale[g] * scale[g]
-        bw = t * t * nw
-        e4 = 4.0 * eps
-        st2 = 2.0 * scale[g] * t
-        evals = 0
-        for j in range(gstart[g], gstart[g + 1]):
-            if picked[j]:
-                continue
-            h = hi[j]
-            if (zlo - ynorm[j]) * one_m >= h:
-                continue
-            row = q[j]
-            acc = np.int32(0)
-            for k in range(dim):          # exact: every partial sum is bounded by |q_j| |w| < 2^31
-                acc = np.int32(acc + np.int32(row[k]) * np.int32(w[k]))
-            evals += 1
-            a = s2 * nq[j]
-            d2 = a + bw - st2 * acc
-            eta = e4 * (a + bw)
-            rr = (res[j] + rz) * one_p
-            # fast reject: the lower end of the interval is >= H_j, so nothing changes
-            kk = (h * up2 + rr) * up4
-            if d2 - eta >= kk * kk:
-                continue
-            dlo = np.sqrt(max(d2 - eta, 0.0))
-            dhi = np.sqrt(d2 + eta)
-            lj = (dlo * one_m - rr) * one_m
-            hj = (dhi * one_p + rr) * one_p
-            if lj < lo[j]:
-                lo[j] = max(lj, 0.0)
-            if hj < h:
-                hi[j] = hj
-                near[j] = step
-        stats[0] += evals
-        _refresh(g, gstart, picked, lo, hi, lmax, hmax)
-
-
-@nb.njit(cache=True)
-def _greedy(x, orig, gstart, mu, rho, scale, q, nq, res, ynorm, m, n_picks, first, eps, stats):
-    n, dim = q.shape
-    n_groups = gstart.shape[0] - 1
-    lo = m.copy()
-    hi = m.copy()
-    exv = m.copy()                        # exact distance over the first exn[j] picks (and the labelled items)
-    exa = np.full(n, -1, np.int64)        # ... attained at that pick (-1: a labelled item)
-    exn = np.zeros(n, np.int64)
-    near = np.full(n, -1, np.int64)       # the item whose distance is <= hi[j] (-1: labelled)
-    picked = np.zeros(n, np.bool_)
-    group = np.empty(n, np.int64)
-    lmax = np.empty(n_groups)
-    hmax = np.empty(n_groups)
-    for g in range(n_groups):
-        for j in range(gstart[g], gstart[g + 1]):
-            group[j] = g
-        _refresh(g, gstart, picked, lo, hi, lmax, hmax)
-    pick_pos = np.empty(n_picks, np.int64)
-    pick_orig = np.empty(n_picks, np.int64)
-    pick_score = np.empty(n_picks)
-    w = np.empty(dim, np.int16)
-    z = np.empty(dim)
-    for step in range(n_picks):
-        if step == 0 and first >= 0:
-            p, v = first, m[first]
-        else:
-            p, v = _choose(step, x, m, orig, gstart, picked, lo, hi, near, lmax, hmax, pick_orig, exv, exa, exn, stats)
-        pick_pos[step] = p
-        pick_orig[step] = orig[p]
-        pick_score[step] = v
-        picked[p] = True
-        lo[p] = -1.0
-        hi[p] = -1.0
-        _refresh(group[p], gstart, picked, lo, hi, lmax, hmax)
-        _update(step, orig[p], x, mu, rho, scale, q, nq, res, ynorm, gstart, picked, lo, hi, near, lmax, hmax, w, z,
-                eps, stats)
-    # final distances of the unpicked: exact where they could reach the last pick's, else an upper bound that is
-    # itself the exact distance to one labelled or picked item
-    final = np.empty(n)
-    last = pick_score[n_picks - 1] if n_picks > 0 else np.inf
-    for j in range(n):
+    c1 = 16.0 * 2.0 ** -53 + 4.0 * eps
+    g2 = 2.02 * gam
+    cw = np.empty(n_c)
+    for t in range(n_c):
+        cw[t] = cn2[t] * (1.0 - c1)
+    cerr_max = cerr.max()
+    evals = 0
+    for i in range(dots.shape[0]):
+        j = p0 + i
         if picked[j]:
             continue
-        if hi[j] >= last:
-            _near_first(j, n_picks, x, orig, pick_orig, hi, near, exv, exa, exn, stats)
-            v, _ = _extend(j, n_picks, -1.0, 0, x, orig, pick_orig, exv, exa, exn, stats)
-        else:
-            v = exv[j]
-            if exn[j] < n_picks and near[j] >= 0:
-                v = min(v, _dist(x, orig[j], x, pick_orig[near[j]]))
-                stats[1] += 1
-        final[j] = v
-    for step in range(n_picks):
-        final[pick_pos[step]] = pick_score[step]
-    return pick_orig, pick_score, final
+        gy = g2 * xnorm[j]
+        kk = (hi[j] * up2 + (xerr[j] + cerr_max) * one_p) * up4
+        low = np.inf
+        for t in range(n_c):
+            low = min(low, cw[t] - 2.0 * np.float64(dots[i, t]) - gy * cnorm[t])
+        if low >= kk * kk - xn2[j] * (1.0 - c1):
+            continue
+        for t in range(n_c):
+            a = xn2[j] + cn2[t]
+            kk = (hi[j] * up2 + (xerr[j] + cerr[t]) * one_p) * up4
+            if a - 2.0 * np.float64(dots[i, t]) - (gy * cnorm[t] + c1 * a) < kk * kk:
+                hi[j] = min(hi[j], _dist(x, j, x, picks[t0 + t]))
+                evals += 1
+    return evals
 
 
 def _as_matrix(a: np.ndarray) -> np.ndarray:
@@ -482,83 +260,14 @@ def _as_matrix(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _assign(x: np.ndarray, centres: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """Index of the nearest centre (float32, blocked) for every row of ``x - shift``; approximate is fine."""
-    half = 0.5 * np.einsum("ij,ij->i", centres, centres)
-    rows = max(1, TEMP_BYTES // (4 * max(len(centres), x.shape[1], 1)))
-    out = np.empty(len(x), np.int64)
-    for s in range(0, len(x), rows):
-        block = np.asarray(x[s:s + rows], dtype=np.float32) - shift
-        out[s:s + rows] = np.argmax(block @ centres.T - half, axis=1)
-    return out
-
-
-def _kmeans(sample: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """``k`` centres from a few Lloyd iterations on ``sample`` (float32, already centred), started at random rows."""
-    centres = sample[rng.choice(len(sample), min(k, len(sample)), replace=False)].copy()
-    zero = np.zeros(sample.shape[1], np.float32)
-    for _ in range(_LLOYD):
-        label = _assign(sample, centres, zero)
-        order = np.argsort(label, kind="stable")
-        counts = np.bincount(label, minlength=len(centres))
-        ok = counts > 0
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[ok]
-        sums = np.add.reduceat(sample[order], starts, axis=0, dtype=np.float64)
-        centres[ok] = (sums / counts[ok, None]).astype(np.float32)
-    return centres
-
-
-def _groups(x: np.ndarray, n_groups: int, seed: int = 0) -> np.ndarray:
-    """A group label per row, from two-level k-means: about sqrt(G) coarse centres, then each coarse group split
-    in proportion to its share of a sample (16 rows per group); every row goes to its nearest coarse centre, then
-    to the nearest of that group's fine centres. Costs about ``2 sqrt(G) N D`` multiply-adds instead of ``G N D``.
-    Deterministic (fixed seed); the picks do not depend on it, only the amount of pruning."""
-    n, dim = x.shape
-    if n_groups <= 1 or n <= 1:
-        return np.zeros(n, np.int64)
-    rng = np.random.default_rng(seed)
-    shift = np.asarray(x.mean(axis=0, dtype=np.float64), dtype=np.float32)
-    sample = np.asarray(x[np.sort(rng.choice(n, min(n, 16 * n_groups), replace=False))], dtype=np.float32) - shift
-    coarse = _kmeans(sample, max(1, round(math.sqrt(n_groups))), rng)
-    sample_label = _assign(sample, coarse, np.zeros(dim, np.float32))
-    fine = []
-    for c in range(len(coarse)):
-        part = sample[sample_label == c]
-        k = max(1, round(n_groups * len(part) / len(sample)))
-        fine.append(_kmeans(part, k, rng) if len(part) > k else (part if len(part) else coarse[c:c + 1]))
-    label = _assign(x, coarse, shift)
-    order = np.argsort(label, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(label, minlength=len(coarse)))])
-    offset = 0
-    out = np.empty(n, np.int64)
-    for c in range(len(coarse)):
-        rows = order[bounds[c]:bounds[c + 1]]
-        step = max(1, TEMP_BYTES // (4 * max(dim, len(fine[c]), 1)))
-        for s in range(0, len(rows), step):
-            idx = rows[s:s + step]
-            out[idx] = offset + _assign(x[idx], fine[c], shift)
-        offset += len(fine[c])
-    return out
-
-
-def default_groups(n: int, n_picks: int) -> int:
-    """About sqrt(N) groups (the clustering costs N * G * D, a step G * D plus the groups it cannot skip), none
-    for a few picks or a small pool."""
-    if n_picks < 16 or n < 1024:
-        return 1
-    return int(min(512, round(math.sqrt(n)), 4 * n_picks))
-
-
 def farthest_first(points: np.ndarray, min_dist: np.ndarray, n_picks: int, cold: bool,
-                   n_groups: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+                   n_blocks: int | None = None, batch: int = BATCH) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Greedy k-center: ``n_picks`` picks (capped at N), each the point of largest exact distance to everything
     labelled (``min_dist``) or picked before it, ties to the lower index; with ``cold`` the first pick is the point
     nearest the (float64) mean instead. Returns ``(picks, pick_distances, final, stats)``: the picked indices in
-    order, each one's exact distance when picked, every point's final distance (a pick's: when picked; an
-    unpicked point's: exact where it is within the bounds' width of the last pick's distance, otherwise the exact
-    distance to one labelled or picked item within that width of the nearest -- always below the last pick's, or
-    equal and at a higher index), and counters ``point_evals`` (int16 distance bounds computed), ``exact_evals``,
-    ``groups_skipped``, ``n_groups``."""
+    order, each one's exact distance when picked, every point's exact final distance (a pick's: when picked), and
+    counters ``exact_evals`` (exact distances computed to apply picks), ``choice_evals`` (... to choose them) and
+    ``n_blocks``. ``n_blocks`` (default about sqrt(N)) and ``batch`` change the work, never the result."""
     x = _as_matrix(points)
     n, dim = x.shape
     m = np.array(min_dist, dtype=np.float64).reshape(-1)
@@ -566,27 +275,46 @@ def farthest_first(points: np.ndarray, min_dist: np.ndarray, n_picks: int, cold:
         raise ValueError(f"min_dist has {len(m)} entries for {n} points")
     if not np.all(m >= 0):
         raise ValueError("min_dist must be distances: >= 0 (inf where nothing is labelled), not NaN")
+    if not np.isfinite(x).all():
+        raise ValueError("embeddings must be finite")
     n_picks = max(0, min(int(n_picks), n))
-    if n_groups is None:
-        n_groups = default_groups(n, n_picks)
-    n_groups = max(1, min(int(n_groups), n))
-    label = _groups(x, n_groups) if n_picks else np.zeros(n, np.int64)
-    orig = np.argsort(label, kind="stable").astype(np.int64)
-    counts = np.bincount(label, minlength=n_groups)
-    gstart = np.concatenate([[0], np.cumsum(counts[counts > 0])]).astype(np.int64)
-    eps = _eps(dim)
-    mu, rho, scale, q, nq, res, ynorm = _quantise(x, orig, gstart, eps)
-    first = -1
-    if cold and n_picks:
-        first = int(np.flatnonzero(orig == _nearest_to_mean(x))[0])
-    stats = np.zeros(3, np.int64)
-    picks, pick_dist, final_pos = _greedy(x, orig, gstart, mu, rho, scale, q, nq, res, ynorm, m[orig], n_picks,
-                                          first, eps, stats)
-    final = np.empty(n)
-    final[orig] = final_pos
-    info = {"point_evals": int(stats[0]), "exact_evals": int(stats[1]), "groups_skipped": int(stats[2]),
-            "n_groups": len(gstart) - 1}
-    return picks, pick_dist, final, info
+    batch = max(1, int(batch))
+    n_blocks = max(1, min(int(n_blocks or round(math.sqrt(n))), n))
+    bstart = np.arange(n_blocks + 1, dtype=np.int64) * n // n_blocks
+    hi, picked, hmax = m.copy(), np.zeros(n, np.bool_), np.empty(n_blocks)
+    _refresh_all(bstart, picked, hi, hmax)
+    picks, pick_dist = np.empty(n_picks, np.int64), np.empty(n_picks)
+    xc, xn2, xerr = np.empty((n if n_picks else 0, dim), np.float32), np.empty(n), np.empty(n)
+    if n_picks:
+        _centre_rows(x, 0, n, x.mean(axis=0, dtype=np.float64), xc, xn2, xerr)
+    xnorm = np.sqrt(xn2)
+    gam = dim * _U32 / (1.0 - dim * _U32) if dim * _U32 < 0.5 else np.inf
+    rows = max(1, TEMP_BYTES // (4 * batch))
+    stats = np.zeros(2, np.int64)
+    applied = 0                           # picks 0 .. applied - 1 are applied to every hi
+    for step in range(n_picks):
+        before = stats[1]
+        if step == 0 and cold:
+            p = _nearest_to_mean(x)
+            v = m[p]
+        else:
+            p, v = _choose(applied, step, x, bstart, picked, hi, hmax, picks, stats)
+        picks[step], pick_dist[step], picked[p] = p, v, True
+        _refresh(np.searchsorted(bstart, p, side="right") - 1, bstart, picked, hi, hmax)
+        # apply a full batch; the last picks; or at once when choosing took many exact distances (a cold start,
+        # where no point has a finite distance yet)
+        if step + 1 - applied == batch or step + 1 == n_picks or stats[1] - before > n // 64 + batch:
+            new = picks[applied:step + 1]
+            for p0 in range(0, n, rows):
+                dots = xc[p0:p0 + rows] @ xc[new].T
+                stats[0] += _apply(dots, p0, applied, xn2, xerr, xnorm, xn2[new], xerr[new], xnorm[new], x, picks,
+                                   picked, hi, _eps(dim), gam)
+            _refresh_all(bstart, picked, hi, hmax)
+            applied = step + 1
+    final = hi
+    final[picks] = pick_dist
+    return picks, pick_dist, final, {"exact_evals": int(stats[0]), "choice_evals": int(stats[1]),
+                                     "n_blocks": n_blocks}
 
 
 # ---- nearest distances ----------------------------------------------------------------------------------------
