@@ -8,6 +8,7 @@ The kernel's verbs are defined here; a plugin adds its own through its manifest'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import RecipeError, UserError
+from .errors import UserError
 from .protocol import RunStatus
 
 
@@ -39,9 +40,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .run import create_run
 
     rank, ranks = nproc_checked(args)
-    run_dir = None
-    if rank == 0:
-        run_dir = create_run(recipes.load(args.recipe, args.overrides), args.out)
+    run_dir = create_run(recipes.load(args.recipe, args.overrides), args.out) if rank == 0 else None
     if ranks > 1:                # under torchrun: rank 0 made the folder
         run_dir = Path(distributed.send(str(run_dir)))
     if args.nproc > 1:
@@ -103,35 +102,28 @@ def _drive(run_dir: Path, quiet: bool, fresh: bool = False) -> int:
         outcome = runner.run()
         if ranks > 1:
             runner.task.finish()
-    except KeyboardInterrupt:
-        _set_status(runner, RunStatus.PAUSED)
-        print(f"interrupted; every label given so far is saved. Continue with: activelab resume {run_dir}",
-              file=sys.stderr)
-        return 130
-    except Terminated:
-        _set_status(runner, RunStatus.INTERRUPTED)
-        if distributed.LAUNCHED not in os.environ:     # under --nproc the launcher says which worker failed
-            print(f"terminated; every label given so far is saved. Continue with: activelab resume {run_dir}",
-                  file=sys.stderr)
-        return 143
+    except (KeyboardInterrupt, Terminated) as exc:
+        paused = isinstance(exc, KeyboardInterrupt)    # Ctrl-C pauses; SIGTERM interrupts
+        _set_status(runner, RunStatus.PAUSED if paused else RunStatus.INTERRUPTED)
+        if paused or distributed.LAUNCHED not in os.environ:   # under --nproc the launcher says which worker failed
+            print(f"{'interrupted' if paused else 'terminated'}; every label given so far is saved. Continue with: "
+                  f"activelab resume {run_dir}", file=sys.stderr)
+        return 130 if paused else 143
     except BaseException:
         _set_status(runner, RunStatus.INTERRUPTED)  # an error stopped it: nobody is working on it any more
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
         runner.close()
-    if outcome == RunStatus.PAUSED:
-        print(_pause_hint(run_dir), file=sys.stderr)
-    else:
-        print(f"done: {run_dir}/metrics.jsonl, {run_dir}/learning_curve.png", file=sys.stderr)
+    print(_pause_hint(run_dir) if outcome == RunStatus.PAUSED else
+          f"done: {run_dir}/metrics.jsonl, {run_dir}/learning_curve.png", file=sys.stderr)
     return 0
 
 
 def _set_status(runner, value: str) -> None:
-    try:
+    # the store itself may be what failed (disk full); the error that stopped us is reported
+    with contextlib.suppress(Exception):
         runner.store.set_state("status", value)
-    except Exception:  # the store itself may be what failed (disk full); the error that stopped us is reported
-        pass
 
 
 def _pause_hint(run_dir: Path) -> str:
@@ -154,25 +146,22 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         try:
             recipes.load(path)
             print(f"{path}: ok")
-        except RecipeError as exc:
+        except UserError as exc:
             bad += 1
             for line in exc.lines():
                 print(line, file=sys.stderr)
-        except UserError as exc:
-            bad += 1
-            print(str(exc), file=sys.stderr)
     return 2 if bad else 0
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from .registry import listing, plugins
+    from .registry import KINDS, plugins
 
-    last = None
-    for name, origin, kind, names in listing():
-        if name != last:
-            print(f"{name}: {plugins()[name].manifest.description}\n  from {origin}")
-            last = name
-        print(f"  {kind + 's':10} {', '.join(names)}")
+    for name, plugin in sorted(plugins().items()):     # a plugin that offers no component is not listed
+        offered = {kind: sorted(names) for kind in KINDS if (names := plugin.manifest.components.get(kind))}
+        if offered:
+            print(f"{name}: {plugin.manifest.description}\n  from {plugin.origin}")
+        for kind, names in offered.items():
+            print(f"  {kind + 's':10} {', '.join(names)}")
     return 0
 
 
@@ -262,12 +251,9 @@ def main(argv: list[str] | None = None) -> int:
 
             join()
         return args.func(args)
-    except RecipeError as exc:
+    except UserError as exc:
         for line in exc.lines():
             print(f"activelab: error: {line}", file=sys.stderr)
-        return 2
-    except UserError as exc:
-        print(f"activelab: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("activelab: interrupted; labels given so far are saved (continue with `activelab resume`)",

@@ -6,6 +6,10 @@ from __future__ import annotations
 class UserError(Exception):
     """A problem the user can fix. ``str(err)`` is the one-line message (it names the field or file)."""
 
+    def lines(self) -> list[str]:
+        """What the CLI prints, a line each: the message (a :class:`RecipeError`: each problem)."""
+        return [str(self)]
+
 
 class RecipeError(UserError):
     """Every problem found in one recipe, each with its dotted path in the file."""
@@ -13,7 +17,7 @@ class RecipeError(UserError):
     def __init__(self, source: str, problems: list[str]):
         self.source = source
         self.problems = problems
-        super().__init__("; ".join(f"{source}: {p}" for p in problems))
+        super().__init__("; ".join(self.lines()))
 
     def lines(self) -> list[str]:
         return [f"{self.source}: {p}" for p in self.problems]

@@ -241,11 +241,9 @@ def _shape_problem(component: type, name: str, hook: Hook) -> str | None:
         return f"is not a method; expected {expected}"
     params = list(inspect.signature(getattr(component, name)).parameters.values())
     params = params[1:] if inspect.isfunction(raw) else params       # a plain method's self
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    required = [p for p in positional if p.default is p.empty]
-    stars = any(p.kind == p.VAR_POSITIONAL for p in params)
-    if len(required) > len(wanted) or (len(positional) < len(wanted) and not stars) or \
-            any(p.kind == p.KEYWORD_ONLY and p.default is p.empty for p in params):
+    try:       # callable with the hook's positional arguments, and requiring no others
+        inspect.Signature(params).bind(*wanted)
+    except TypeError:
         return f"is {name}({', '.join(['self'] + [str(p).split(':')[0] for p in params])}); expected {expected}"
     return None
 
@@ -261,8 +259,7 @@ def check(plugin: str, kind: str, name: str, component: Any) -> None:
         if attr.startswith("_") or attr in REQUIRED.get(kind, ()):
             continue
         if attr in mine:
-            problem = _shape_problem(component, attr, HOOKS[attr])
-            if problem:
+            if problem := _shape_problem(component, attr, HOOKS[attr]):
                 raise UserError(f"{where}: hook '{attr}' {problem}")
             continue
         close = difflib.get_close_matches(attr, mine, n=1, cutoff=CUTOFF)

@@ -56,9 +56,7 @@ class Runner:
         except BaseException:
             if fresh:
                 discard_new_run(self.run_dir, self.store)
-            elif self.store is not None:
-                self.store.close()
-            self._lock.close()
+            self.close()     # closing a store twice is harmless
             raise
 
     def _build(self, progress: bool, oracle_override: Any, echo: bool) -> None:
@@ -85,13 +83,10 @@ class Runner:
         """The run is pinned to its data: a fingerprint of the pool (the task's ``data_fingerprint()`` where it
         has one, else its item ids) is stored when the run first opens and compared on every later open."""
         hook = hooks.data_fingerprint(self.task)
-        if hook is not None:
-            fingerprint = str(hook())
-        else:
-            digest = hashlib.sha256()
-            for item in self.task.pool_ids():
-                digest.update(str(item).encode() + b"\0")
-            fingerprint = digest.hexdigest()
+        digest = hashlib.sha256()           # streamed: a large pool's ids are never joined in memory
+        for item in self.task.pool_ids() if hook is None else ():
+            digest.update(str(item).encode() + b"\0")
+        fingerprint = digest.hexdigest() if hook is None else str(hook())
         known = self.store.get_state("data_fingerprint")
         if known is None:
             self.store.set_state("data_fingerprint", fingerprint)
@@ -181,27 +176,24 @@ class Runner:
         """Ask the oracle until nothing is outstanding (an undone item is asked again) or it stops answering;
         False if it quit (the run pauses, with the Quit's status: "paused", "awaiting labels", ...)."""
         outstanding = self.pool.outstanding(round, batch)
+        # an oracle that talks to a person on this terminal: the run is "awaiting labels" (a simulation or a
+        # generator is just "labelling"), and no progress bar is drawn over its questions
+        asks_people = hooks.interactive(self.oracle)
         if outstanding:
-            # "awaiting labels" only where a person is asked; a simulation or a generator is just "labelling"
-            asks_people = hooks.interactive(self.oracle)
             self.store.set_state("status", RunStatus.AWAITING_LABELS if asks_people else RunStatus.LABELLING)
             self.model_for_labelling(round)
-        # an oracle that talks to a person on this terminal gets no progress bar drawn over its questions
-        quiet = not self.progress or hooks.interactive(self.oracle)
         while outstanding:
             progressed = False
-            bar = tqdm(total=len(outstanding), desc=f"labelling round {round}", unit="item",
-                       disable=quiet, leave=False)
-            for answer in self.oracle.label(self.task, outstanding, self.ctx(round)):
-                if isinstance(answer, Quit):
-                    bar.close()
-                    self.store.set_state("status", answer.status or RunStatus.PAUSED)
-                    return False
-                outcome = self.pool.apply(answer, round, batch)
-                progressed = progressed or outcome in (Outcome.LABELLED, Outcome.SKIPPED, Outcome.SAME)
-                if isinstance(answer, Label) and outcome == Outcome.LABELLED:
-                    bar.update(1)
-            bar.close()
+            with tqdm(total=len(outstanding), desc=f"labelling round {round}", unit="item",
+                      disable=not self.progress or asks_people, leave=False) as bar:
+                for answer in self.oracle.label(self.task, outstanding, self.ctx(round)):
+                    if isinstance(answer, Quit):
+                        self.store.set_state("status", answer.status or RunStatus.PAUSED)
+                        return False
+                    outcome = self.pool.apply(answer, round, batch)
+                    progressed = progressed or outcome in (Outcome.LABELLED, Outcome.SKIPPED, Outcome.SAME)
+                    if isinstance(answer, Label) and outcome == Outcome.LABELLED:
+                        bar.update(1)
             left = self.pool.outstanding(round, batch)
             if not progressed or left == outstanding:
                 break  # the oracle answered only part of the batch: go on with what it gave
@@ -223,8 +215,9 @@ class Runner:
             started = time.perf_counter()
             stats = dict(self.task.fit(labels, self.ctx(round)))
             fit_seconds = time.perf_counter() - started
-            buffer = _torch_bytes({"task": self.task.state_dict(), "fit_stats": stats, "round": round})
-            atomic_write(ckpt, buffer)
+            buffer = io.BytesIO()
+            torch.save({"task": self.task.state_dict(), "fit_stats": stats, "round": round}, buffer)
+            atomic_write(ckpt, buffer.getvalue())
             self.loaded_round = round
         metrics = dict(self.task.evaluate())
         queried = self.store.batch(round)[0]
@@ -232,16 +225,15 @@ class Runner:
             "round": round,
             "n_labeled": self.pool.n_labeled(),
             "n_queried": len(set(queried) & set(labels)) if hooks.query_type(self.task) == "pool" else len(queried),
-            **{k: _plain(v) for k, v in stats.items()},
-            **{k: _plain(v) for k, v in metrics.items()},
+            **{k: _plain(v) for k, v in {**stats, **metrics}.items()},
         }
         cost = hooks.label_cost(self.task)
         if cost is not None and labels:   # what the labels so far cost, in the task's cost_unit
             record["cost"] = float(np.sum(cost(list(labels), list(labels.values()))))
         if fit_seconds is not None:
-            record["fit_seconds"] = round_to(fit_seconds)
+            record["fit_seconds"] = float(f"{fit_seconds:.3g}")
         if self._score_seconds is not None:
-            record["score_seconds"] = round_to(self._score_seconds)
+            record["score_seconds"] = float(f"{self._score_seconds:.3g}")
             self._score_seconds = None
         record.update(self._judge(round) if self.stopping else {})
         record = {k: _finite(v) for k, v in record.items()}
@@ -276,8 +268,8 @@ class Runner:
     def run(self) -> str:
         """Run to the end; returns "done" or "paused"."""
         self.store.set_state("status", RunStatus.RUNNING)
-        stopped = [row["round"] for row in self.store.metrics() if row.get("stopped_by")]
-        last = stopped[0] if stopped else self.recipe.loop.rounds     # a stopping criterion ended the loop there
+        # where a stopping criterion ended the loop, if one did
+        last = next((row["round"] for row in self.store.metrics() if row.get("stopped_by")), self.recipe.loop.rounds)
         for r in range(0, last + 1):
             if self.store.has_metrics(r):
                 continue
@@ -291,7 +283,8 @@ class Runner:
             self.store.set_state("status", RunStatus.RUNNING)
             if self.echo:
                 shown = {k: record[k] for k in ("n_labeled", self.task.primary_metric) if k in record}
-                tqdm.write(f"round {r}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
+                tqdm.write(f"round {r}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                                      for k, v in shown.items()))
             if record.get("stopped_by"):
                 last = r
                 break
@@ -305,12 +298,6 @@ class Runner:
         if self.store is not None:
             self.store.close()
         self._lock.close()
-
-
-def _torch_bytes(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
 
 
 def _finite(v: Any) -> Any:
@@ -328,11 +315,3 @@ def _plain(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         return v.item() if v.numel() == 1 else v.tolist()
     return v
-
-
-def round_to(x: float, digits: int = 3) -> float:
-    return float(f"{x:.{digits}g}")
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)

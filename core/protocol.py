@@ -78,10 +78,7 @@ def rng_for(seed: int, *stream: int | str) -> np.random.Generator:
     """Deterministic numpy generator for a named stream of random numbers."""
     words = [seed]
     for part in stream:
-        if isinstance(part, str):
-            words.extend(part.encode())   # stable across processes, unlike hash()
-        else:
-            words.append(int(part))
+        words += part.encode() if isinstance(part, str) else [int(part)]   # stable across processes, unlike hash()
     return np.random.default_rng(np.random.SeedSequence([w & 0xFFFFFFFF for w in words]))
 
 
@@ -214,8 +211,7 @@ class Candidates(Sequence[ItemId]):
         return self.universe[int(self.rows[i])]
 
     def __iter__(self) -> Iterator[ItemId]:
-        universe = self.universe
-        return (universe[r] for r in self.rows.tolist())
+        return map(self.universe.__getitem__, self.rows.tolist())
 
     def take(self, positions: Any) -> "Candidates":
         """The candidates at ``positions`` (indices into this sequence), in that order."""
@@ -248,8 +244,7 @@ def candidate_ids(candidates: Sequence[ItemId], positions: Any) -> list[ItemId]:
     """The ids at ``positions`` of ``candidates`` (only those are turned back into ids)."""
     positions = np.asarray(positions, dtype=np.int64)
     if isinstance(candidates, Candidates):
-        universe = candidates.universe
-        return [universe[r] for r in candidates.rows[positions].tolist()]
+        return list(candidates.take(positions))
     return [candidates[i] for i in positions.tolist()]
 
 
@@ -404,10 +399,7 @@ class Pool(Protocol):
 # ------------------------------------------------------------------------------------------- helpers
 def iter_blocks(scores: ScoreStream) -> Iterator[Any]:
     """A scorer's result as its chunks, untouched (an array result is one chunk)."""
-    if isinstance(scores, np.ndarray):
-        yield scores
-        return
-    yield from scores
+    yield from [scores] if isinstance(scores, np.ndarray) else scores
 
 
 def iter_chunks(scores: ScoreStream) -> Iterator[np.ndarray]:

@@ -7,9 +7,9 @@ the task's outputs.
 """
 from __future__ import annotations
 
+import collections.abc
 import copy
 from dataclasses import dataclass
-from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -99,21 +99,22 @@ class Resolved:
     classes: dict[str, type]
     configs: dict[str, Any]
     raw: dict[str, Any]
-    stopping: list[tuple[type, Any]] = dc_field(default_factory=list)
+    stopping: list[tuple[type, Any]]
     """The ``stopping`` criteria's classes and configs, in recipe order."""
 
 
 # ------------------------------------------------------------------------------------------- messages
+PLAIN = {"extra_forbidden": "unknown key", "missing": "required"}
+BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+
+
 def _message(err: dict[str, Any]) -> str:
     kind, ctx = err.get("type", ""), err.get("ctx") or {}
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required"
-    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
+    if kind in PLAIN:
+        return PLAIN[kind]
+    if kind in BOUNDS:
         bound = next(iter(ctx.values())) if ctx else "?"
-        return f"must be {op} {bound} (got {err.get('input')!r})"
+        return f"must be {BOUNDS[kind]} {bound} (got {err.get('input')!r})"
     if kind == "dict_type":
         return f"must be a mapping (got {err.get('input')!r})"
     if kind == "string_pattern_mismatch":
@@ -148,10 +149,8 @@ class _Loader(yaml.SafeLoader):
             seen: dict[Any, int] = {}
             for key_node, _ in node.value:
                 key = self.construct_object(key_node, deep=True)
-                try:
-                    hash(key)
-                except TypeError:
-                    continue  # reported by the constructor below
+                if not isinstance(key, collections.abc.Hashable):
+                    continue  # reported by the constructor below (with the same test)
                 line = key_node.start_mark.line + 1
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
@@ -169,30 +168,26 @@ def check_size(data: Any, where: str) -> None:
     nests deeper than ``MAX_DEPTH`` or refers to itself. Sizes of shared objects are computed once, so this
     costs time in the number of distinct objects, never in the expanded size."""
     sizes: dict[int, int] = {}
-    # iterative post-order walk: (object, depth, children pushed?)
-    stack: list[tuple[Any, int, bool]] = [(data, 0, False)]
     on_path: set[int] = set()
-    while stack:
-        obj, depth, expanded = stack.pop()
+
+    def size(obj: Any, depth: int) -> int:       # recursion is bounded: deeper than MAX_DEPTH is refused
         if not isinstance(obj, (dict, list)):
-            continue
+            return 1
         key = id(obj)
-        children = list(obj.keys()) + list(obj.values()) if isinstance(obj, dict) else obj
-        if expanded:
-            on_path.discard(key)
-            sizes[key] = 1 + sum(sizes.get(id(c), 1) for c in children)
-            if sizes[key] > MAX_VALUES:
-                raise UserError(f"{where}: expands to more than {MAX_VALUES:,} values (YAML aliases?); refusing it")
-            continue
-        if key in sizes:
-            continue
         if key in on_path:
             raise UserError(f"{where}: refers to itself (a YAML alias inside its own anchor)")
-        if depth > MAX_DEPTH:
-            raise UserError(f"{where}: nested more than {MAX_DEPTH} levels deep")
-        on_path.add(key)
-        stack.append((obj, depth, True))
-        stack.extend((c, depth + 1, False) for c in children if isinstance(c, (dict, list)))
+        if key not in sizes:
+            if depth > MAX_DEPTH:
+                raise UserError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+            on_path.add(key)
+            children = [*obj.keys(), *obj.values()] if isinstance(obj, dict) else obj
+            sizes[key] = 1 + sum(size(c, depth + 1) for c in children)
+            on_path.discard(key)
+            if sizes[key] > MAX_VALUES:
+                raise UserError(f"{where}: expands to more than {MAX_VALUES:,} values (YAML aliases?); refusing it")
+        return sizes[key]
+
+    size(data, 0)
 
 
 def safe_load(text: str, where: str) -> Any:
@@ -280,14 +275,11 @@ def validate(data: dict[str, Any], source: str = "recipe") -> Resolved:
             problems.append(f"{field}.name: {exc}")
             continue
         classes[field] = cls
-        config_model = getattr(cls, "Config", None)
-        if config_model is None:
-            configs[field] = dict(params) if isinstance(params, dict) else params
-            continue
         if not isinstance(params, dict):
             continue  # reported by the schema
+        config_model = getattr(cls, "Config", None)
         try:
-            configs[field] = config_model.model_validate(params)
+            configs[field] = dict(params) if config_model is None else config_model.model_validate(params)
         except ValidationError as exc:
             problems.extend(pydantic_problems(exc, prefix=f"{field}.params"))
 
@@ -309,13 +301,9 @@ def validate(data: dict[str, Any], source: str = "recipe") -> Resolved:
     # the run folder pins every default of the criteria, as resolved_recipe does for the other components
     for spec, (_, config) in zip(recipe.stopping if recipe is not None and not problems else [], stopping):
         spec.params = config.model_dump(mode="json") if hasattr(config, "model_dump") else spec.params
-    if recipe is not None:
-        for sname, overrides in recipe.strategies.items():
-            if not isinstance(overrides, dict):
-                problems.append(f"strategies.{sname}: must be a mapping of dotted keys to values")
-                continue
-            if any(not isinstance(k, str) or k.startswith("strategies") for k in overrides):
-                problems.append(f"strategies.{sname}: keys must be dotted recipe paths (not strategies.*)")
+    if recipe is not None:     # the schema made every strategy a mapping with string keys
+        problems += [f"strategies.{sname}: keys must be dotted recipe paths (not strategies.*)"
+                     for sname, keys in recipe.strategies.items() if any(k.startswith("strategies") for k in keys)]
     if problems:
         raise RecipeError(source, problems)
     return Resolved(recipe=recipe, classes=classes, configs=configs, raw=data, stopping=stopping)
@@ -330,9 +318,7 @@ def _needs(scorer_cls: type, config: Any) -> set[str]:
 
 
 def load(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Resolved:
-    data = read_yaml(path)
-    if overrides:
-        data = apply_overrides(data, overrides)
+    data = apply_overrides(read_yaml(path), overrides or [])
     return validate(data, source=str(path))
 
 

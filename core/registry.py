@@ -68,20 +68,15 @@ def find(kind: str, name: str, plugin: str | None = None) -> tuple[str, str]:
     if kind not in KINDS:
         raise ValueError(f"unknown component kind {kind!r}")
     found = plugins()
-    if plugin is not None:
-        if plugin not in found:
-            raise UserError(f"plugin '{plugin}' not found; installed: {', '.join(sorted(found))}"
-                            + _suggest(plugin, list(found)))
-        table = found[plugin].manifest.components.get(kind, {})
-        if name not in table:
-            raise UserError(f"{kind} '{name}' not found in plugin {plugin}; available: "
-                            f"{', '.join(sorted(table)) or 'none'}" + _suggest(name, list(table)))
-        return plugin, table[name]
-    hits = [(p, pl.manifest.components.get(kind, {})[name]) for p, pl in sorted(found.items())
-            if name in pl.manifest.components.get(kind, {})]
+    if plugin is not None and plugin not in found:
+        raise UserError(f"plugin '{plugin}' not found; installed: {', '.join(sorted(found))}"
+                        + _suggest(plugin, list(found)))
+    tables = {p: pl.manifest.components.get(kind, {}) for p, pl in sorted(found.items()) if plugin in (None, p)}
+    hits = [(p, table[name]) for p, table in tables.items() if name in table]
     if not hits:
-        everything = sorted({n for pl in found.values() for n in pl.manifest.components.get(kind, {})})
-        raise UserError(f"{kind} '{name}' not found in any plugin; available: {', '.join(everything) or 'none'}"
+        everything = sorted({n for table in tables.values() for n in table})
+        where = "any plugin" if plugin is None else f"plugin {plugin}"
+        raise UserError(f"{kind} '{name}' not found in {where}; available: {', '.join(everything) or 'none'}"
                         + _suggest(name, everything))
     if len(hits) > 1:
         raise UserError(f"{kind} '{name}' is offered by several plugins ({', '.join(p for p, _ in hits)}); "
@@ -118,13 +113,3 @@ def commands() -> dict[str, tuple[str, str]]:
             found.setdefault(verb, (name, target))
     return found
 
-
-def listing() -> list[tuple[str, str, str, list[str]]]:
-    """``(plugin, origin, kind, names)`` rows for ``activelab plugins``."""
-    rows = []
-    for name, plugin in sorted(plugins().items()):
-        for kind in KINDS:
-            names = sorted(plugin.manifest.components.get(kind, {}))
-            if names:
-                rows.append((name, plugin.origin, kind, names))
-    return rows

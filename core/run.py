@@ -6,9 +6,9 @@ One process works on it at a time (``.lock``); every file is written whole or no
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -42,10 +42,8 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        try:
+        with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         raise UserError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
@@ -98,35 +96,30 @@ def create_run(resolved: recipes.Resolved, out: str | Path | None) -> Path:
     parent = Path(os.path.abspath(run_dir)).parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".new", dir=parent))
+        # our own temporary folder, removed on the way out (already gone after a successful rename)
+        with tempfile.TemporaryDirectory(prefix=f".{run_dir.name}.", suffix=".new", dir=parent,
+                                         ignore_cleanup_errors=True) as made:
+            tmp = Path(made)
+            os.chmod(tmp, 0o777 & ~_umask())
+            (tmp / "checkpoints").mkdir()
+            atomic_write(tmp / RECIPE_FILE, yaml.safe_dump(resolved_recipe(resolved), sort_keys=False).encode())
+            with contextlib.closing(LabelStore(tmp / STORE_FILE)) as store:
+                store.set_state("status", RunStatus.CREATED)
+            for attempt in range(1, 100):
+                try:
+                    os.rename(tmp, run_dir)
+                    break
+                except OSError as exc:
+                    taken = exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR)
+                    if taken and out is None:  # the default name is taken (same recipe, same second): number it
+                        run_dir = Path("runs") / f"{name}-{stamp}-{attempt + 1}"
+                        continue
+                    if taken:
+                        raise UserError(f"{run_dir}: already exists and is not empty (another run, or other "
+                                        f"files); pick another --out") from None
+                    raise
     except OSError as exc:
         raise UserError(f"--out {run_dir}: cannot make the run folder: {exc.strerror or exc}") from None
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())
-        (tmp / "checkpoints").mkdir()
-        atomic_write(tmp / RECIPE_FILE, yaml.safe_dump(resolved_recipe(resolved), sort_keys=False).encode())
-        store = LabelStore(tmp / STORE_FILE)
-        try:
-            store.set_state("status", RunStatus.CREATED)
-        finally:
-            store.close()
-        for attempt in range(1, 100):
-            try:
-                os.rename(tmp, run_dir)
-                break
-            except OSError as exc:
-                taken = exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR)
-                if taken and out is None:  # the default name is taken (same recipe, same second): number it
-                    run_dir = Path("runs") / f"{name}-{stamp}-{attempt + 1}"
-                    continue
-                if taken:
-                    raise UserError(f"{run_dir}: already exists and is not empty (another run, or other files); "
-                                    f"pick another --out") from None
-                raise UserError(f"--out {run_dir}: cannot make the run folder: {exc.strerror or exc}") from None
-    except OSError as exc:
-        raise UserError(f"--out {run_dir}: cannot make the run folder: {exc.strerror or exc}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder only (gone after a successful rename)
     return run_dir
 
 
@@ -134,18 +127,14 @@ def discard_new_run(run_dir: Path, store: LabelStore | None) -> None:
     """Remove a run folder this process just made, whose components failed to build (bad data found before
     anything was asked). Called only while holding the run's lock, and only if the store holds no label."""
     if store is not None:
-        try:
+        with contextlib.closing(store):
             if store.count_labels():
                 return
-        finally:
-            store.close()
     for name in (RECIPE_FILE, STORE_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm", LOCK_FILE):
         (run_dir / name).unlink(missing_ok=True)
     for folder in (run_dir / "checkpoints", run_dir):
-        try:
+        with contextlib.suppress(OSError):
             folder.rmdir()
-        except OSError:
-            pass
 
 
 def open_run(run_dir: str | Path) -> recipes.Resolved:
@@ -160,10 +149,9 @@ def lock(run_dir: Path):
     import fcntl  # POSIX only: imported where it is used
 
     try:
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        fh = open(run_dir / LOCK_FILE, "a+")    # made if missing, never truncated
     except OSError as exc:
         raise UserError(f"{run_dir / LOCK_FILE}: cannot open the run's lock: {exc.strerror or exc}") from None
-    fh = os.fdopen(fd, "r+")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -195,8 +183,7 @@ def status(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not (run_dir / RECIPE_FILE).is_file() and not (run_dir / STORE_FILE).is_file():
         raise UserError(f"{run_dir}: not a run folder (no {STORE_FILE})")
-    store = LabelStore(run_dir / STORE_FILE, create=False)
-    try:
+    with contextlib.closing(LabelStore(run_dir / STORE_FILE, create=False)) as store:
         rnd = store.get_state("round", 0)
         batch = store.batch(rnd)
         outstanding = 0
@@ -212,5 +199,3 @@ def status(run_dir: str | Path) -> dict[str, Any]:
         return {"status": state, "round": rnd, "labels": store.count_labels(),
                 "batch_size": len(batch[0]) if batch else 0, "outstanding": outstanding,
                 "last_metrics": rows[-1] if rows else None, "workers": store.get_state("workers")}
-    finally:
-        store.close()

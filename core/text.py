@@ -16,14 +16,11 @@ def control_character(text: str, allow: str = "") -> str | None:
 def finite_number(value: object) -> float | None:
     """A regression label as a float: an int or float (not a bool) or a numeric string (what a person types, what
     a CSV cell holds); None for anything else, NaN and infinities included."""
-    number = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    elif hasattr(value, "dtype") and getattr(value, "shape", None) == () and value.dtype.kind in "iuf":
-        number = float(value)                   # a numpy scalar
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            return None
-    return number if number is not None and math.isfinite(number) else None
+    numpy_scalar = hasattr(value, "dtype") and getattr(value, "shape", None) == () and value.dtype.kind in "iuf"
+    if isinstance(value, bool) or not (isinstance(value, (int, float, str)) or numpy_scalar):
+        return None
+    try:
+        number = float(value)                   # a string may have spaces around the number
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None

@@ -8,6 +8,7 @@ statistics are those of :mod:`activelab.evaluation.statistics`. The verb comes f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import shlex
@@ -32,15 +33,6 @@ from . import statistics, tables
 LOOP_METRICS = frozenset({"round", "n_labeled", "n_queried", "fit_seconds", "score_seconds"})
 
 
-def metric_names(task_cls: type) -> set[str] | None:
-    """Every name a run of this task can have in its metrics rows: the loop's own plus the task's declared
-    ``metrics`` (what ``evaluate`` and ``fit`` report); None when the task declares none."""
-    declared = hooks.metrics(task_cls)
-    if declared is None:
-        return None
-    return set(LOOP_METRICS) | set(declared)
-
-
 def _check_metrics(wanted: list[str], known: set[str], base: recipes.Resolved, source: str) -> None:
     unknown = [m for m in wanted if m not in known]
     if unknown:
@@ -52,28 +44,28 @@ def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None
             overrides: list[str], metrics: list[str] | None = None, progress: bool = True,
             target: str | None = None, nproc: int = 1, jobs: int = 1) -> Path:
     base = recipes.load(recipe_path, overrides)
-    if seeds < 1:
-        raise UserError("--seeds: must be >= 1")
-    if jobs < 1:
-        raise UserError("--jobs: must be >= 1")
+    for flag, value in (("--seeds", seeds), ("--jobs", jobs)):
+        if value < 1:
+            raise UserError(f"{flag}: must be >= 1")
     if not strategies:
         raise UserError("--strategies: give at least one strategy")
     if target is not None and target not in strategies:
         raise UserError(f"--target-strategy: '{target}' is not one of --strategies")
     out_dir = Path(out) if out else Path("runs") / f"compare-{base.recipe.name}"
-    primary = getattr(base.classes["task"], "primary_metric", None)
-    wanted = metrics or [primary]
-    known = metric_names(base.classes["task"])
-    if known is not None:
-        _check_metrics(wanted, known, base, "it reports")
+    wanted = metrics or [getattr(base.classes["task"], "primary_metric", None)]
+    # every name a run can have in its metrics rows: the loop's own plus the task's declared ``metrics`` (what
+    # ``evaluate`` and ``fit`` report); a task that declares none has them checked on its first finished run
+    declared = hooks.metrics(base.classes["task"])
+    if declared is not None:
+        _check_metrics(wanted, LOOP_METRICS | declared, base, "it reports")
     # Validate every strategy up front, so a typo fails before hours of training.
     plans = []
     for strategy in strategies:
         extra = recipes.strategy_overrides(base, strategy)
         for s in range(seeds):
-            data = recipes.apply_overrides(base.raw, {**extra, "seed": base.recipe.seed + s})
+            data = recipes.apply_overrides(base.raw, {**extra, "seed": base.recipe.seed + s,
+                                                      "name": f"{base.recipe.name}-{strategy}"})
             data.pop("strategies", None)
-            data["name"] = f"{base.recipe.name}-{strategy}"
             plans.append((strategy, s, recipes.validate(data, source=f"{recipe_path} (strategy {strategy})")))
 
     todo = []
@@ -88,25 +80,18 @@ def compare(recipe_path: str, strategies: list[str], seeds: int, out: str | None
         _run_parallel([d for _, d in todo], jobs, nproc, progress)
     done = []
     for strategy, run_dir in tqdm(todo, desc="compare", unit="run", disable=not progress or jobs > 1):
-        if jobs > 1:
-            status_now = status(run_dir)["status"]
-        elif nproc > 1:        # the run on nproc worker processes (activelab.distributed)
+        if jobs == 1 and nproc > 1:        # the run on nproc worker processes (activelab.distributed)
             code = launch(["resume", str(run_dir), "-q"], nproc, run_dir)
             if code:
                 raise UserError(f"{run_dir}: the run stopped (exit code {code}); see above")
-            status_now = status(run_dir)["status"]
-        else:
-            runner = Runner(run_dir, progress=False)
-            try:
-                status_now = runner.run()
-            finally:
-                runner.close()
-        if status_now != RunStatus.DONE:
+        elif jobs == 1:
+            with contextlib.closing(Runner(run_dir, progress=False)) as runner:
+                runner.run()
+        if status(run_dir)["status"] != RunStatus.DONE:
             raise UserError(f"{run_dir}: the oracle paused this run; finish it with `activelab resume {run_dir}`")
         done.append(read_run(run_dir, strategy))
-        if known is None:  # a task that does not declare its metrics: check them on the first finished run
-            known = {k for row in done[-1]["rows"] for k in row}
-            _check_metrics(wanted, known, base, "its first run reports")
+        if declared is None and len(done) == 1:
+            _check_metrics(wanted, {k for row in done[0]["rows"] for k in row}, base, "its first run reports")
     command = _command([recipe_path, *overrides, "--strategies", ",".join(strategies), "--seeds", str(seeds),
                         "--out", str(out_dir)], metrics, target)
     return write_report(done, out_dir, wanted, base.classes["task"], command, base.recipe.name, target)
@@ -129,13 +114,11 @@ def _run_parallel(run_dirs: list[Path], jobs: int, nproc: int, progress: bool) -
     bar = tqdm(total=len(run_dirs), initial=len(run_dirs) - len(pending), desc="compare", unit="run",
                disable=not progress)
     try:
-        while pending or running:
+        while running or (pending and not failed):      # after a failure: no new run, wait for the others
             while pending and len(running) < jobs and not failed:
                 run_dir = pending.pop(0)
                 cmd = [sys.executable, "-m", "activelab", "resume", str(run_dir), "-q"]
                 running[subprocess.Popen(cmd + (["--nproc", str(nproc)] if nproc > 1 else []))] = run_dir
-            if not running:
-                break
             for proc in [p for p in running if p.poll() is not None]:
                 run_dir = running.pop(proc)
                 if proc.returncode:

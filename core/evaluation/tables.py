@@ -14,17 +14,12 @@ from .statistics import ALPHA, INTERVAL
 
 def csv_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per setting, strategy and round."""
-    rows = []
-    for setting, info in summary["settings"].items():
-        for strategy, s in info["strategies"].items():
-            for k, rnd in enumerate(s["rounds"]):
-                row = {"setting": setting, "strategy": strategy, "round": rnd, "seeds": s["n_seeds"][k],
-                       **{x: s[x][k] for x in summary["x"]}}
-                for m in summary["metrics"]:
-                    c = s["metrics"][m][k] or {}
-                    row.update({f"{m}_{stat}": c.get(stat) for stat in ("mean", "std", "ci_low", "ci_high")})
-                rows.append(row)
-    return rows
+    stats = ("mean", "std", "ci_low", "ci_high")
+    return [{"setting": setting, "strategy": strategy, "round": rnd, "seeds": s["n_seeds"][k],
+             **{x: s[x][k] for x in summary["x"]},
+             **{f"{m}_{stat}": (s["metrics"][m][k] or {}).get(stat) for m in summary["metrics"] for stat in stats}}
+            for setting, info in summary["settings"].items() for strategy, s in info["strategies"].items()
+            for k, rnd in enumerate(s["rounds"])]
 
 
 def _pm(c: dict[str, Any] | None) -> str:
@@ -66,8 +61,7 @@ def markdown(summary: dict[str, Any], title: str, command: str) -> str:
         text += [f"| {k} | " + " | ".join(_pm(s["auc" if x == "n_labeled" else f"auc_{x}"]) for x in xs) + " |"
                  for k, s in strategies.items()]
         text.append("")
-        if info["target"]:
-            t = info["target"]
+        if t := info["target"]:
             text += [f"Labels needed for the mean {metric} to reach {t['strategy']}'s final {t['score']:.3f} "
                      f"(at {t['n_labeled']:g} labels{'; lower is better' if lower else ''}):", "",
                      f"| strategy | labels | × {t['strategy']}'s |", "|---|---:|---:|"]

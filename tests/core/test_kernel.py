@@ -1,7 +1,8 @@
 """The kernel stays small and stands alone: the top-level modules of core/ (``activelab.*``, not its subpackages)
-import no strategy, no labelling tool, no test kit, no torch plumbing and no plugin; they stay under 2,000 lines
-of code; every package of the tree is listed in pyproject.toml; and a run's checkpoints pickle no activelab class
-(so moving a module never breaks resuming an old run).
+import no strategy, no labelling tool, no test kit, no torch plumbing and no plugin; the kernel as issue 12 lists it
+(those modules but distributed.py, with compare's core/evaluation/) stays under 2,000 lines of code; every package
+of the tree is listed in pyproject.toml; and a run's checkpoints pickle no activelab class (so moving a module never
+breaks resuming an old run).
 
 The size budget counts lines of code the way cloc does: a line that is blank, a comment or part of a docstring
 does not count (``wc -l`` counts every physical line, several hundred more). The budget is there to keep the
@@ -85,11 +86,17 @@ def test_the_kernel_is_the_top_level_modules_of_core():
 
 
 def test_the_kernel_is_under_2000_lines_of_code():
-    sources = {path.name: path.read_text() for path in KERNEL}
+    """The budget counts the kernel as issue 12 lists it: protocol, loop, run folder, store, pool, recipe, registry,
+    errors, CLI, report and compare. So it counts the top-level modules of core/ except ``distributed.py`` (scoring
+    and training on several processes: torch plumbing, which DESIGN.md puts with the torch wrappers, and not on the
+    issue's list), and it counts compare's subpackage ``core/evaluation/`` (the verb, its statistics and tables)."""
+    paths = [path for path in KERNEL if path.name != "distributed.py"] + sorted((CORE / "evaluation").glob("*.py"))
+    sources = {str(path.relative_to(CORE)): path.read_text() for path in paths}
     sizes = {name: code_lines(source) for name, source in sources.items()}
     code, physical = sum(sizes.values()), sum(len(source.splitlines()) for source in sources.values())
-    assert code < 2000, (f"the kernel (core/*.py) has {code} lines of code, over the budget of 2,000 "
-                         f"({physical} physical lines; blank lines, comments and docstrings do not count): {sizes}")
+    assert code < 2000, (f"the kernel (core/*.py but distributed.py, and core/evaluation/) has {code} lines of code, "
+                         f"over the budget of 2,000 ({physical} physical lines; blank lines, comments and docstrings "
+                         f"do not count): {sizes}")
 
 
 def test_every_package_is_listed_in_pyproject():
