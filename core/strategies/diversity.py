@@ -106,7 +106,7 @@ def k_center_scores(points: np.ndarray, min_dist: np.ndarray, budget: int) -> np
     an unpicked point scores its final distance, which is at most the last pick's. With equal scores the lower
     index comes first (as :class:`~activelab.strategies.selectors.TopK` breaks ties), and with that the top-k of the
     scores is exactly the greedy sequence. With nothing labelled the first pick is the point nearest the mean of all
-    points, and it scores 1 more than the highest other score (distances there are infinite).
+    points, and it scores just above the highest other score (distances there are infinite).
 
     Exact (:mod:`.kcenter`): every decision and every score uses float64 distances of the given coordinates
     (float32 embeddings are not copied to float64), so the picks and scores are those of a float64 brute force,
@@ -126,7 +126,7 @@ def k_center_scores(points: np.ndarray, min_dist: np.ndarray, budget: int) -> np
     if cold:
         first = int(picks[0])
         others = np.delete(scores, first)
-        scores[first] = (others.max() + 1.0) if len(others) else 0.0
+        scores[first] = np.nextafter(others.max(), np.inf) if len(others) else 0.0
     return scores
 
 

@@ -36,6 +36,7 @@ BATCH = 32
 """Picks applied together, in one matrix product over the points (the picks themselves do not depend on it)."""
 
 _U32 = 2.0 ** -24
+_TINY32 = 2.0 ** -149       # float32's smallest subnormal: rounding to float32 is off by at most half of it + u|v|
 
 
 def _eps(dim: int) -> float:
@@ -144,8 +145,9 @@ def exact_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @nb.njit(cache=True)
-def _nearest_to_mean(x):
-    """The first row nearest the float64 mean (rows added in order, as numpy's ``mean(axis=0)`` does)."""
+def _row_mean(x):
+    """The float64 mean of the rows, added in order: numpy's ``mean(axis=0)`` of a float64 (N, D) array for D >= 2
+    (for D = 1 numpy adds pairwise; :func:`_nearest_to_mean` then asks numpy)."""
     n, dim = x.shape
     mean = np.zeros((1, dim))
     for i in range(n):
@@ -153,12 +155,23 @@ def _nearest_to_mean(x):
             mean[0, k] += x[i, k]
     for k in range(dim):
         mean[0, k] /= n
+    return mean
+
+
+@nb.njit(cache=True)
+def _nearest_row(x, mean):
     best, arg = np.inf, 0
-    for i in range(n):
-        s = _sq_sum(x, i, mean, 0, 0, dim)
+    for i in range(x.shape[0]):
+        s = _sq_sum(x, i, mean, 0, 0, x.shape[1])
         if s < best:
             best, arg = s, i
     return arg
+
+
+def _nearest_to_mean(x: np.ndarray) -> int:
+    """The first row nearest the float64 mean of the rows, computed as numpy computes it."""
+    mean = np.asarray(x, dtype=np.float64).mean(axis=0).reshape(1, 1) if x.shape[1] == 1 else _row_mean(x)
+    return int(_nearest_row(x, mean))
 
 
 @nb.njit(cache=True)
@@ -204,27 +217,30 @@ def _choose(applied, n_done, x, bstart, picked, hi, hmax, picks, stats):
 
 
 @nb.njit(cache=True)
-def _apply(dots, p0, t0, xn2, xerr, xnorm, cn2, cerr, cnorm, x, picks, picked, hi, eps, gam):
+def _apply(dots, p0, t0, xn2, xerr, xnorm, cn2, cerr, cnorm, x, picks, picked, hi, scale, eps, gam):
     """Apply the picks ``t0 ..`` (one per column of ``dots``) to points ``p0 .. p0 + len(dots) - 1``: ``hi[j]``
     becomes the exact distance to the nearest of them where one comes closer. Returns the number of exact
     distances computed.
 
-    ``dots`` are the float32 products of the centred float32 rows y (points) and z (picks): ``|y - z|^2`` is
-    ``|y|^2 + |z|^2 - 2 y.z`` within ``eta = 2.02 gamma_D |y||z| + c1 (|y|^2 + |z|^2)`` (the products' rounding in
-    any summation order, ``gamma_D = D u / (1 - D u)``, and float64 rounding), and the exact distance is within the
-    rounding errors to float32 ``r_y + r_z`` of ``|y - z|`` (triangle inequality). A pick whose lower bound is >=
-    ``hi[j]`` (inflated by a few units in the last place) cannot come closer. One pass over the point's row with
-    the batch's largest ``r_z`` settles the usual case, none coming closer; otherwise each pick that might gets its
-    exact distance."""
+    ``dots`` are the float32 products of the centred rows scaled by ``scale`` (a power of two, so that the largest
+    row has norm ~1: nothing overflows float32, and only what is ~1e-38 of the largest can underflow) and rounded to
+    float32, y (points) and z (picks): ``|y - z|^2`` is ``|y|^2 + |z|^2 - 2 y.z`` within ``eta = 2.02 gamma_D
+    |y||z| + c1 (|y|^2 + |z|^2) + 2 D 2^-149`` (the products' rounding in any summation order, ``gamma_D = D u /
+    (1 - D u)``; float64 rounding; float32 underflow), and the scaled exact distance is within the rounding errors
+    to float32 ``r_y + r_z`` of ``|y - z|`` (triangle inequality). A pick whose lower bound is >= ``scale *
+    hi[j]`` (inflated by a few units in the last place) cannot come closer. One pass over the point's row with the
+    batch's largest ``r_z`` settles the usual case, none coming closer; otherwise each pick that might (or whose
+    bound is NaN) gets its exact distance."""
     n_c = dots.shape[1]
     one_p = 1.0 + eps
     up2 = 1.0 + 2.0 * eps                 # >= 1 / (1 - eps)
     up4 = 1.0 + 4.0 * eps
     c1 = 16.0 * 2.0 ** -53 + 4.0 * eps
     g2 = 2.02 * gam
+    under = 2.0 * x.shape[1] * _TINY32     # float32 underflow in the products
     cw = np.empty(n_c)
     for t in range(n_c):
-        cw[t] = cn2[t] * (1.0 - c1)
+        cw[t] = cn2[t] * (1.0 - c1) - under
     cerr_max = cerr.max()
     evals = 0
     for i in range(dots.shape[0]):
@@ -232,7 +248,7 @@ def _apply(dots, p0, t0, xn2, xerr, xnorm, cn2, cerr, cnorm, x, picks, picked, h
         if picked[j]:
             continue
         gy = g2 * xnorm[j]
-        kk = (hi[j] * up2 + (xerr[j] + cerr_max) * one_p) * up4
+        kk = (hi[j] * scale * up2 + (xerr[j] + cerr_max) * one_p) * up4
         low = np.inf
         for t in range(n_c):
             low = min(low, cw[t] - 2.0 * np.float64(dots[i, t]) - gy * cnorm[t])
@@ -240,8 +256,8 @@ def _apply(dots, p0, t0, xn2, xerr, xnorm, cn2, cerr, cnorm, x, picks, picked, h
             continue
         for t in range(n_c):
             a = xn2[j] + cn2[t]
-            kk = (hi[j] * up2 + (xerr[j] + cerr[t]) * one_p) * up4
-            if a - 2.0 * np.float64(dots[i, t]) - (gy * cnorm[t] + c1 * a) < kk * kk:
+            kk = (hi[j] * scale * up2 + (xerr[j] + cerr[t]) * one_p) * up4
+            if not a - 2.0 * np.float64(dots[i, t]) - (gy * cnorm[t] + c1 * a + under) >= kk * kk:
                 hi[j] = min(hi[j], _dist(x, j, x, picks[t0 + t]))
                 evals += 1
     return evals
@@ -285,8 +301,11 @@ def farthest_first(points: np.ndarray, min_dist: np.ndarray, n_picks: int, cold:
     _refresh_all(bstart, picked, hi, hmax)
     picks, pick_dist = np.empty(n_picks, np.int64), np.empty(n_picks)
     xc, xn2, xerr = np.empty((n if n_picks else 0, dim), np.float32), np.empty(n), np.empty(n)
+    scale = 1.0
     if n_picks:
-        _centre_rows(x, 0, n, x.mean(axis=0, dtype=np.float64), xc, xn2, xerr)
+        shift = x.mean(axis=0, dtype=np.float64)
+        scale = _scale(_spread(x, shift))
+        _centre_rows(x, 0, n, shift, scale, xc, xn2, xerr)
     xnorm = np.sqrt(xn2)
     gam = dim * _U32 / (1.0 - dim * _U32) if dim * _U32 < 0.5 else np.inf
     rows = max(1, TEMP_BYTES // (4 * batch))
@@ -308,7 +327,7 @@ def farthest_first(points: np.ndarray, min_dist: np.ndarray, n_picks: int, cold:
             for p0 in range(0, n, rows):
                 dots = xc[p0:p0 + rows] @ xc[new].T
                 stats[0] += _apply(dots, p0, applied, xn2, xerr, xnorm, xn2[new], xerr[new], xnorm[new], x, picks,
-                                   picked, hi, _eps(dim), gam)
+                                   picked, hi, scale, _eps(dim), gam)
             _refresh_all(bstart, picked, hi, hmax)
             applied = step + 1
     final = hi
@@ -320,21 +339,40 @@ def farthest_first(points: np.ndarray, min_dist: np.ndarray, n_picks: int, cold:
 # ---- nearest distances ----------------------------------------------------------------------------------------
 
 @nb.njit(cache=True)
-def _centre_rows(a, lo, hi, shift, out, norm2, err):
-    """Rows ``lo:hi`` of ``a`` minus ``shift`` as float32 into ``out``, the float64 squared norms of those float32
-    rows and a bound on the rounding to float32 (``2^-24 * |row|``, inflated)."""
-    for i in range(hi - lo):
+def _spread(a, shift):
+    """The largest float64 norm of a row of ``a - shift``."""
+    top = 0.0
+    for i in range(a.shape[0]):
         s = 0.0
         for k in range(a.shape[1]):
-            v = np.float32(a[lo + i, k] - shift[k])
-            out[i, k] = v
-            s += np.float64(v) * np.float64(v)
-        norm2[i] = s
-        err[i] = 1.01 * _U32 * np.sqrt(s)
+            v = a[i, k] - shift[k]
+            s += v * v
+        top = max(top, s)
+    return np.sqrt(top)
+
+
+def _scale(spread: float) -> float:
+    """A power of two that brings ``spread`` into [0.5, 1) (exact to apply; 1 for 0 or non-finite)."""
+    return math.ldexp(1.0, -math.frexp(spread)[1]) if 0.0 < spread < np.inf else 1.0
 
 
 @nb.njit(cache=True)
-def _scan(dots, xn2, xerr, on2, oerr_max, on_max, gam, x, x0, o, o0, best, eps, stats):
+def _centre_rows(a, lo, hi, shift, scale, out, norm2, err):
+    """Rows ``lo:hi`` of ``a`` minus ``shift``, times ``scale`` (a power of two), as float32 into ``out``; the float64
+    squared norms of those float32 rows and a bound on the rounding to float32 (``2^-24 |row|``, inflated, plus
+    float32 underflow: ``2^-149 sqrt(D)``)."""
+    for i in range(hi - lo):
+        s = 0.0
+        for k in range(a.shape[1]):
+            v = np.float32((a[lo + i, k] - shift[k]) * scale)
+            out[i, k] = v
+            s += np.float64(v) * np.float64(v)
+        norm2[i] = s
+        err[i] = 1.01 * _U32 * np.sqrt(s) + _TINY32 * np.sqrt(a.shape[1])
+
+
+@nb.njit(cache=True)
+def _scan(dots, xn2, xerr, on2, oerr_max, on_max, gam, x, x0, o, o0, best, scale, eps, stats):
     """For each row of the float32 block ``dots`` (centred points x centred others): exact distance to the
     block's approximate nearest, then to every other whose lower bound is below the best so far."""
     n_o = dots.shape[1]
@@ -352,16 +390,17 @@ def _scan(dots, xn2, xerr, on2, oerr_max, on_max, gam, x, x0, o, o0, best, eps, 
         stats[0] += 1
         if d < b:
             b = d
-        eta = 2.02 * gam * np.sqrt(xn2[i]) * on_max + 8.0 * u64 * (xn2[i] + on_max * on_max)
-        lim = (b * (1.0 + 2.0 * eps) + xerr[i] + oerr_max) * (1.0 + eps)
+        eta = (2.02 * gam * np.sqrt(xn2[i]) * on_max + 8.0 * u64 * (xn2[i] + on_max * on_max)
+               + 2.0 * x.shape[1] * _TINY32)
+        lim = (b * scale * (1.0 + 2.0 * eps) + xerr[i] + oerr_max) * (1.0 + eps)
         thr = lim * lim * (1.0 + eps) + eta - xn2[i]
         for k in range(n_o):
-            if k != arg and on2[k] - 2.0 * np.float64(dots[i, k]) < thr:
+            if k != arg and not on2[k] - 2.0 * np.float64(dots[i, k]) >= thr:     # NaN: look
                 d = _dist(x, x0 + i, o, o0 + k)
                 stats[0] += 1
                 if d < b:
                     b = d
-                    lim = (b * (1.0 + 2.0 * eps) + xerr[i] + oerr_max) * (1.0 + eps)
+                    lim = (b * scale * (1.0 + 2.0 * eps) + xerr[i] + oerr_max) * (1.0 + eps)
                     thr = lim * lim * (1.0 + eps) + eta - xn2[i]
         best[x0 + i] = b
 
@@ -390,22 +429,23 @@ def nearest_distances(points: np.ndarray, others: np.ndarray, block: int = 1024)
     ob = max(1, min(int(block), len(o)))
     pb = max(1, min(n, TEMP_BYTES // (4 * max(ob, dim))))
     shift = o.mean(axis=0, dtype=np.float64)
+    scale = _scale(max(_spread(x, shift), _spread(o, shift)))
     cache_all = len(o) * dim * 4 <= TEMP_BYTES
 
     def other_blocks():
         for s in range(0, len(o), ob):
             e = min(len(o), s + ob)
             oc, on2, oerr = np.empty((e - s, dim), np.float32), np.empty(e - s), np.empty(e - s)
-            _centre_rows(o, s, e, shift, oc, on2, oerr)
+            _centre_rows(o, s, e, shift, scale, oc, on2, oerr)
             yield s, oc, on2, float(oerr.max()), float(np.sqrt(on2.max()))
 
     cached = list(other_blocks()) if cache_all else None
     xc, xn2, xerr = np.empty((pb, dim), np.float32), np.empty(pb), np.empty(pb)
     for s in range(0, n, pb):
         e = min(n, s + pb)
-        _centre_rows(x, s, e, shift, xc, xn2, xerr)
+        _centre_rows(x, s, e, shift, scale, xc, xn2, xerr)
         for o0, oc, on2, oerr_max, on_max in (cached if cached is not None else other_blocks()):
             dots = xc[:e - s] @ oc.T
-            _scan(dots, xn2, xerr, on2, oerr_max, on_max, gam, x, s, o, o0, best, eps, stats)
+            _scan(dots, xn2, xerr, on2, oerr_max, on_max, gam, x, s, o, o0, best, scale, eps, stats)
             del dots                      # before the next block's products are allocated
     return best, {"exact_evals": int(stats[0])}

@@ -205,3 +205,37 @@ def test_exact_distance_is_numpys_float64_distance_bit_for_bit():
         b = rng.normal(size=dim).astype(np.float32)
         ref = np.sqrt(np.square(a.astype(np.float64) - b.astype(np.float64)).sum(axis=1))
         assert [kcenter.exact_distance(row, b) for row in a] == ref.tolist()
+
+
+@pytest.mark.parametrize("dtype, scale", [(np.float64, 1e-30), (np.float64, 1e-20), (np.float64, 1e20),
+                                          (np.float64, 1e100), (np.float32, 1e-25), (np.float32, 1e19)])
+def test_exact_at_any_scale(dtype, scale):
+    """The float32 products work on rows scaled by a power of two to norm ~1: coordinates whose products would
+    overflow float32 (about 2e19 and up) or underflow it (about 1e-21 and down) are as exact as ordinary ones, for
+    the greedy picks and for the nearest distances."""
+    rng = np.random.default_rng(int(-np.log10(scale)) % 97)
+    points = (clustered(rng, 300, 4, 5, dtype=np.float64) * scale).astype(dtype)
+    labelled = (clustered(rng, 10, 4, 5, dtype=np.float64) * scale).astype(dtype)
+    min_dist, _ = kcenter.nearest_distances(points, labelled)
+    assert np.array_equal(min_dist, brute_nearest(points, labelled))
+    for batch in (1, kcenter.BATCH):
+        check_against_brute_force(points, min_dist, 40, batch=batch)
+        check_against_brute_force(points, np.full(300, np.inf), 40, batch=batch)
+
+
+def test_cold_start_in_one_dimension_uses_numpys_mean():
+    """For (N, 1) points numpy's mean adds pairwise, not row by row: the first pick (nearest that mean) must use
+    numpy's value, or a near-tie around the mean goes the other way."""
+    found = False
+    for seed in range(100):
+        x = np.random.default_rng(seed).normal(size=(300, 1)) + 3.0
+        x[2:] = 3.0 + np.sign(x[2:] - 3.0) * (1.5 + np.abs(x[2:] - 3.0))     # everything else far from the mean
+        sequential = float(np.add.accumulate(x[:, 0])[-1] / len(x))
+        for k in range(-40, 41):                                             # a pair nearly equidistant from it
+            x[0, 0], x[1, 0] = sequential - 0.25 + k * np.spacing(sequential), sequential + 0.25
+            if x.mean(axis=0)[0] != float(np.add.accumulate(x[:, 0])[-1] / len(x)):
+                check_against_brute_force(x, np.full(300, np.inf), 3)
+                found = True
+        if found:
+            break
+    assert found, "no case where numpy's mean differs from the row-by-row one"
