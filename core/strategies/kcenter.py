@@ -300,7 +300,7 @@ def farthest_first(points: np.ndarray, min_dist: np.ndarray, n_picks: int, cold:
     hi, picked, hmax = m.copy(), np.zeros(n, np.bool_), np.empty(n_blocks)
     _refresh_all(bstart, picked, hi, hmax)
     picks, pick_dist = np.empty(n_picks, np.int64), np.empty(n_picks)
-    xc, xn2, xerr = np.empty((n if n_picks else 0, dim), np.float32), np.empty(n), np.empty(n)
+    xc, xn2, xerr = np.empty((n if n_picks else 0, dim), np.float32), np.zeros(n), np.zeros(n)
     scale = 1.0
     if n_picks:
         shift = x.mean(axis=0, dtype=np.float64)
