@@ -145,33 +145,14 @@ def exact_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @nb.njit(cache=True)
-def _row_mean(x):
-    """The float64 mean of the rows, added in order: numpy's ``mean(axis=0)`` of a float64 (N, D) array for D >= 2
-    (for D = 1 numpy adds pairwise; :func:`_nearest_to_mean` then asks numpy)."""
-    n, dim = x.shape
-    mean = np.zeros((1, dim))
-    for i in range(n):
-        for k in range(dim):
-            mean[0, k] += x[i, k]
-    for k in range(dim):
-        mean[0, k] /= n
-    return mean
-
-
-@nb.njit(cache=True)
 def _nearest_row(x, mean):
+    """The first row nearest ``mean`` (a (1, D) float64 array)."""
     best, arg = np.inf, 0
     for i in range(x.shape[0]):
         s = _sq_sum(x, i, mean, 0, 0, x.shape[1])
         if s < best:
             best, arg = s, i
     return arg
-
-
-def _nearest_to_mean(x: np.ndarray) -> int:
-    """The first row nearest the float64 mean of the rows, computed as numpy computes it."""
-    mean = np.asarray(x, dtype=np.float64).mean(axis=0).reshape(1, 1) if x.shape[1] == 1 else _row_mean(x)
-    return int(_nearest_row(x, mean))
 
 
 @nb.njit(cache=True)
@@ -303,18 +284,21 @@ def farthest_first(points: np.ndarray, min_dist: np.ndarray, n_picks: int, cold:
     xc, xn2, xerr = np.empty((n if n_picks else 0, dim), np.float32), np.zeros(n), np.zeros(n)
     scale = 1.0
     if n_picks:
-        shift = x.mean(axis=0, dtype=np.float64)
+        # numpy's float64 mean, as the brute force takes it (rows added in order; for D = 1 numpy adds pairwise
+        # over the float64 values, which casting float32 in buffers would not reproduce)
+        shift = np.asarray(x, dtype=np.float64).mean(axis=0) if dim == 1 else x.mean(axis=0, dtype=np.float64)
         scale = _scale(_spread(x, shift))
         _centre_rows(x, 0, n, shift, scale, xc, xn2, xerr)
     xnorm = np.sqrt(xn2)
     gam = dim * _U32 / (1.0 - dim * _U32) if dim * _U32 < 0.5 else np.inf
     rows = max(1, TEMP_BYTES // (4 * batch))
+    eps = _eps(dim)
     stats = np.zeros(2, np.int64)
     applied = 0                           # picks 0 .. applied - 1 are applied to every hi
     for step in range(n_picks):
         before = stats[1]
         if step == 0 and cold:
-            p = _nearest_to_mean(x)
+            p = int(_nearest_row(x, shift.reshape(1, -1)))     # the first row nearest the mean
             v = m[p]
         else:
             p, v = _choose(applied, step, x, bstart, picked, hi, hmax, picks, stats)
@@ -327,7 +311,7 @@ def farthest_first(points: np.ndarray, min_dist: np.ndarray, n_picks: int, cold:
             for p0 in range(0, n, rows):
                 dots = xc[p0:p0 + rows] @ xc[new].T
                 stats[0] += _apply(dots, p0, applied, xn2, xerr, xnorm, xn2[new], xerr[new], xnorm[new], x, picks,
-                                   picked, hi, scale, _eps(dim), gam)
+                                   picked, hi, scale, eps, gam)
             _refresh_all(bstart, picked, hi, hmax)
             applied = step + 1
     final = hi
