@@ -24,7 +24,9 @@ outside a bound's preconditions (NaN or infinite entries, negative entries, a ro
 entropy, entries above 1.001 for bald) are computed exactly.
 
 - least_confidence ``1 - max p`` and margin ``-(p1 - p2)`` need no logarithm: the row maximum (and runner-up) are
-  exact in any precision, so the exact score of every row is computed and compared with ``thr``.
+  exact in any precision, so the exact score of every row is computed and compared with ``thr``. For up to 16
+  float32 classes (8 float64) this comparison runs on SIMD groups of rows (see "Row groups" below), and the scalar
+  code recomputes the score of the few rows that reach ``thr`` (or hold a NaN).
 - entropy. With ``S``, ``Q``, ``R`` the row's sums of ``p``, ``p^2``, ``p^3`` (``S`` is not assumed to be 1),
   ``m`` its maximum and ``r_i = C p_i / S``, the entropy is exactly ``H = S log(C/S) - (S/C) sum g(r_i)`` with
   ``g(r) = r log r - r + 1 >= 0`` (entries >= 0). Since ``g'' = 1/r``, ``g(r) >= (r-1)^2 / (2 max(1, r))`` with
@@ -48,13 +50,25 @@ entropy, entries above 1.001 for bald) are computed exactly.
   estimate plus ``eps`` reaches ``thr``, in the same order as for entropy: in practice about ``k`` items per block
   and a thin band.
 
+Row groups. Per-row code over a handful of classes is latency-bound scalar work (a compiler does not vectorise
+it across rows: that needs strided loads, and gathers are slow on CPUs with the Downfall mitigation). For C up to
+one 64-byte vector of lanes (16 float32, 8 float64), least confidence, margin and entropy's bound pass handle G
+rows at once (G = the lane count): one vector load per row, then each statistic (max, runner-up, S, Q, R, the
+bits' OR) reduced for all G rows together by a transpose-reduce, and the threshold tests done on the G results at
+once; the scalar code then runs only on the rows that pass. These are filters: a row is dropped only when its
+exact score (least confidence, margin: the same float64 arithmetic) or a valid bound (entropy: the bounds above,
+evaluated in float64 from the group's float32 sums, whose summation order the slack covers) is below ``thr``.
+The last rows of a block, whose 64-byte load would pass the array's end, take the scalar path (the query-speed
+benchmark shows what the groups gain).
+
 Tie order: higher score first; equal scores: lower position first; NaN ranks last, below -inf (the
 selectors' top-k is this accumulator, so they rank NaN so too): the ``k`` lowest NaN positions are kept in a side
 heap and returned, after every non-NaN score, only when fewer than ``k`` non-NaN scores were pushed. The heaps compare
 (score, position) pairs, so the result does not depend on the order in which the pairs arrive.
 
 Memory: the accumulator holds O(k) (a heap of ``k`` pairs and one of ``k`` NaN positions). A fused push allocates
-O(C) plus, for entropy and bald, O(block) candidate bounds (at most 65,536 rows at a time for entropy) and, for
+O(C) plus, for entropy and bald, O(block) candidate bounds (at most 65,536 rows at a time for entropy; until the
+heap is full, chunks of max(4096, 4k) rows, so that the threshold rises before a whole block is a candidate) and, for
 bald, a 512-item tile of float32 sums (and a float32 copy of a float64 block). Kernels are compiled once
 (``cache=True``) and release the GIL.
 """
@@ -66,6 +80,7 @@ import numba as nb
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 KINDS = ("least_confidence", "margin", "entropy", "bald")
@@ -100,6 +115,225 @@ def _i32_to_f32(typingctx, i):
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.FloatType())
     return types.float32(types.int32), codegen
+
+
+# ------------------------------------------------------------------------------------------ row groups in SIMD
+# A row kernel over (B, C) rows with small C spends its time on per-row work that a compiler does not vectorise
+# (its loops run over a few classes; vectorising across rows would need strided loads, and gathers are slow on
+# CPUs with the Downfall mitigation). The intrinsics below handle a *group* of G rows at once (G = 16 float32 or 8
+# float64: one 64-byte vector each) for C <= G: one vector load per row (the lanes past C masked), then each
+# statistic reduced for all G rows together by a transpose-reduce (log2 G levels of two shuffles and one operation
+# per pair of vectors), so a row costs a few vector operations. They compute *filters* only: which rows of the
+# group need the exact scalar code (the scores themselves always come from it), so their summation order and the
+# sign of a zero maximum do not matter. A group is only formed where its last row's 64-byte load stays inside the
+# array; the last few rows take the scalar path.
+_GROUP_BYTES = 64
+
+
+def _group_rows(dtype: object) -> int:
+    return _GROUP_BYTES // (4 if dtype == types.float32 else 8)
+
+
+def _splat(builder, value, n):
+    i32 = ir.IntType(32)
+    v = builder.insert_element(ir.Constant(ir.VectorType(value.type, n), ir.Undefined), value, ir.Constant(i32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, n), [0] * n))
+
+
+def _transpose_reduce(builder, vecs, op):
+    """``vecs``: G vectors of G lanes, vector r holding row r. Returns one vector whose lane r is ``op`` reduced
+    over vector r's lanes: at each level, pairs (a, b) -> op(low halves of each row's partials, high halves)."""
+    n = len(vecs)
+    mask_type = ir.VectorType(ir.IntType(32), n)
+    width, rows = n, 1                # lanes per row partial, row partials per vector
+    while len(vecs) > 1:
+        half = width // 2
+        low, high = [], []
+        for base in (0, n):
+            for g in range(rows):
+                low += [base + g * width + j for j in range(half)]
+                high += [base + g * width + half + j for j in range(half)]
+        vecs = [op(builder.shuffle_vector(a, b, ir.Constant(mask_type, low)),
+                   builder.shuffle_vector(a, b, ir.Constant(mask_type, high)))
+                for a, b in zip(vecs[0::2], vecs[1::2])]
+        width, rows = half, rows * 2
+    return vecs[0]
+
+
+def _group_load(context, builder, array_type, array, row):
+    """The G row vectors of rows row .. row+G-1 and the <G x i1> mask of the lanes < C."""
+    n = _group_rows(array_type.dtype)
+    vt = ir.VectorType(context.get_value_type(array_type.dtype), n)
+    data = context.make_array(array_type)(context, builder, array)
+    n_col = builder.extract_value(data.shape, 1)
+    first = builder.gep(data.data, [builder.mul(row, n_col)])
+    rows = [builder.load(builder.bitcast(builder.gep(first, [builder.mul(ir.Constant(n_col.type, r), n_col)]),
+                                         vt.as_pointer()), align=1) for r in range(n)]
+    lanes = ir.Constant(ir.VectorType(n_col.type, n), list(range(n)))
+    return rows, builder.icmp_unsigned("<", lanes, _splat(builder, n_col, n)), vt
+
+
+def _fill(builder, rows, live, vt, value):
+    fill = ir.Constant(vt, [value] * vt.count)
+    return [builder.select(live, v, fill) for v in rows]
+
+
+def _vmax(builder):
+    return lambda a, b: builder.select(builder.fcmp_ordered(">", a, b), a, b)
+
+
+def _vmin(builder):
+    return lambda a, b: builder.select(builder.fcmp_ordered("<", a, b), a, b)
+
+
+def _bits(builder, mask):
+    """A <G x i1> mask as an int64 with bit r for lane r."""
+    return builder.zext(builder.bitcast(mask, ir.IntType(mask.type.count)), ir.IntType(64))
+
+
+def _group_args(arr, row):
+    return (isinstance(arr, types.Array) and arr.ndim == 2 and arr.layout == "C"
+            and arr.dtype in (types.float32, types.float64) and isinstance(row, types.Integer))
+
+
+@intrinsic
+def _lowest_bit(typingctx, x):
+    """The index of the lowest set bit of a nonzero int64 (``llvm.cttz``)."""
+    if x != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64, ir.IntType(1)]), "llvm.cttz.i64")
+        return builder.call(fn, [args[0], ir.Constant(ir.IntType(1), 1)])
+    return types.int64(types.int64), codegen
+
+
+@intrinsic
+def _group_lc(typingctx, arr, row, thr):
+    """Bit r set where row ``row + r`` may enter: ``1 - max >= thr`` (as the scalar code computes it), or its sum
+    is NaN (a NaN somewhere: the scalar code decides)."""
+    if not _group_args(arr, row):
+        return None
+
+    def codegen(context, builder, signature, args):
+        rows, live, vt = _group_load(context, builder, signature.args[0], args[0],
+                                     context.cast(builder, args[1], signature.args[1], types.intp))
+        m = _transpose_reduce(builder, _fill(builder, rows, live, vt, float("-inf")), _vmax(builder))
+        s = _transpose_reduce(builder, _fill(builder, rows, live, vt, 0.0), builder.fadd)
+        dt = ir.VectorType(ir.DoubleType(), vt.count)
+        score = builder.fsub(ir.Constant(dt, [1.0] * vt.count), builder.fpext(m, dt) if vt != dt else m)
+        keep = builder.or_(builder.fcmp_unordered(">=", score, _splat(builder, args[2], vt.count)),
+                           builder.fcmp_unordered("uno", s, s))
+        return _bits(builder, keep)
+    return types.int64(arr, row, types.float64), codegen
+
+
+@intrinsic
+def _group_margin(typingctx, arr, row, thr):
+    """Bit r set where row ``row + r`` may enter: ``-(max - runner-up) >= thr`` (a tie counts twice, as in the
+    scalar code), or its sum is NaN."""
+    if not _group_args(arr, row):
+        return None
+
+    def codegen(context, builder, signature, args):
+        rows, live, vt = _group_load(context, builder, signature.args[0], args[0],
+                                     context.cast(builder, args[1], signature.args[1], types.intp))
+        vmax, vmin = _vmax(builder), _vmin(builder)
+        n = vt.count
+        mask_type = ir.VectorType(ir.IntType(32), n)
+        # pairs (top, second) of partials, merged level by level like _transpose_reduce
+        top = _fill(builder, rows, live, vt, float("-inf"))
+        second = [ir.Constant(vt, [float("-inf")] * n)] * n
+        width, per = n, 1
+        while len(top) > 1:
+            half = width // 2
+            low, high = [], []
+            for base in (0, n):
+                for g in range(per):
+                    low += [base + g * width + j for j in range(half)]
+                    high += [base + g * width + half + j for j in range(half)]
+            lo_m, hi_m = ir.Constant(mask_type, low), ir.Constant(mask_type, high)
+            new_top, new_second = [], []
+            for i in range(0, len(top), 2):
+                t1 = builder.shuffle_vector(top[i], top[i + 1], lo_m)
+                t2 = builder.shuffle_vector(top[i], top[i + 1], hi_m)
+                s1 = builder.shuffle_vector(second[i], second[i + 1], lo_m)
+                s2 = builder.shuffle_vector(second[i], second[i + 1], hi_m)
+                new_top.append(vmax(t1, t2))
+                new_second.append(vmax(vmin(t1, t2), vmax(s1, s2)))
+            top, second = new_top, new_second
+            width, per = half, per * 2
+        s = _transpose_reduce(builder, _fill(builder, rows, live, vt, 0.0), builder.fadd)
+        dt = ir.VectorType(ir.DoubleType(), n)
+        a1 = builder.fpext(top[0], dt) if vt != dt else top[0]
+        a2 = builder.fpext(second[0], dt) if vt != dt else second[0]
+        score = builder.fneg(builder.fsub(a1, a2))
+        keep = builder.or_(builder.fcmp_unordered(">=", score, _splat(builder, args[2], n)),
+                           builder.fcmp_unordered("uno", s, s))
+        return _bits(builder, keep)
+    return types.int64(arr, row, types.float64), codegen
+
+
+@intrinsic
+def _group_entropy(typingctx, arr, row, thr, cut, params, stats):
+    """For the rows ``row .. row+G-1``: their max, sum, and sums of squares and cubes into ``stats[0..3, :G]``
+    (the input's precision). Returns bit r (of the low 32) where the row needs the scalar bound code: it fails the
+    bounds' preconditions (an entry with its sign bit set, or a sum outside [_S_MIN, _S_CHECK] or NaN; then bit
+    32 + r is set too), or its max bound (``max <= cut``), quadratic and cubic bounds all reach ``thr`` (evaluated
+    as :func:`_entropy_up` does, in float64; a filter, so the order of its roundings does not matter)."""
+    if not (_group_args(arr, row) and isinstance(stats, types.Array) and stats.dtype == arr.dtype):
+        return None
+
+    def codegen(context, builder, signature, args):
+        rows, live, vt = _group_load(context, builder, signature.args[0], args[0],
+                                     context.cast(builder, args[1], signature.args[1], types.intp))
+        n = vt.count
+        ivt = ir.VectorType(ir.IntType(32 if signature.args[0].dtype == types.float32 else 64), n)
+        dt = ir.VectorType(ir.DoubleType(), n)
+        zeroed = _fill(builder, rows, live, vt, 0.0)
+        m = _transpose_reduce(builder, _fill(builder, rows, live, vt, float("-inf")), _vmax(builder))
+        s = _transpose_reduce(builder, zeroed, builder.fadd)
+        squares = [builder.fmul(v, v) for v in zeroed]
+        q = _transpose_reduce(builder, squares, builder.fadd)
+        r = _transpose_reduce(builder, [builder.fmul(a, v) for a, v in zip(squares, zeroed)], builder.fadd)
+        o = _transpose_reduce(builder, [builder.bitcast(v, ivt) for v in zeroed], builder.or_)
+        out = context.make_array(signature.args[5])(context, builder, args[5])
+        row_stride = builder.extract_value(out.strides, 0)
+        base = builder.bitcast(out.data, ir.IntType(8).as_pointer())
+        for i, value in enumerate((m, s, q, r)):
+            ptr = builder.gep(base, [builder.mul(ir.Constant(row_stride.type, i), row_stride)])
+            builder.store(value, builder.bitcast(ptr, vt.as_pointer()), align=1)
+
+        def wide(x):
+            return builder.fpext(x, dt) if vt != dt else x
+
+        def const(x):
+            return ir.Constant(dt, [x] * n)
+        m, s, q, r = wide(m), wide(s), wide(q), wide(r)
+        sign_ok = builder.icmp_signed(">=", o, ir.Constant(ivt, [0] * n))
+        in_range = builder.and_(builder.fcmp_ordered(">=", s, const(_S_MIN)),
+                                builder.fcmp_ordered("<=", s, const(_S_CHECK)))
+        bad = builder.not_(builder.and_(sign_ok, in_range))
+        fmul, fadd, fsub = builder.fmul, builder.fadd, builder.fsub
+        log_c, inv_c, slack_quad, slack_cubic = (_splat(builder, builder.extract_value(args[4], i), n)
+                                                 for i in range(4))
+        thr_v, cut_v = _splat(builder, args[2], n), _splat(builder, args[3], n)
+        n_class = builder.sitofp(_splat(builder, builder.extract_value(
+            context.make_array(signature.args[0])(context, builder, args[0]).shape, 1), n), dt)
+        tangent = fadd(log_c, fmul(fsub(log_c, const(1.0)), fsub(s, const(1.0))))
+        quad = fadd(tangent, slack_quad)
+        spread = fsub(q, fmul(fmul(s, s), inv_c))
+        quad_ok = builder.fcmp_unordered("<=", spread, fmul(fmul(const(2.0), m), fsub(quad, thr_v)))
+        cubic = fadd(fadd(tangent, slack_cubic), fmul(s, const(5.0 / 6.0)))
+        lhs = fadd(fmul(fmul(fmul(const(6.0), s), s), fsub(cubic, thr_v)),
+                   fmul(n_class, fsub(fmul(n_class, r), fmul(fmul(const(6.0), q), s))))
+        cubic_ok = builder.fcmp_unordered(">=", lhs, const(0.0))
+        max_ok = builder.fcmp_unordered("<=", m, cut_v)
+        keep = builder.or_(bad, builder.and_(max_ok, builder.and_(quad_ok, cubic_ok)))
+        bits_bad = _bits(builder, bad)
+        return builder.or_(_bits(builder, keep), builder.shl(bits_bad, ir.Constant(ir.IntType(64), 32)))
+    return types.int64(arr, row, types.float64, types.float64, params, stats), codegen
 
 
 # Our weighted least-squares fit of log1p(f)/f for f = y - 1, y in [sqrt(1/2), sqrt(2)): |error of log| < 1.1e-5.
@@ -141,7 +375,7 @@ def _plogp(x):
     return x * math.log(_TINY if x < _TINY else x)
 
 
-@nb.njit(**_EXACT)
+@nb.njit(inline="always", **_EXACT)
 def _pairwise_block(a, lo, n):
     """numpy's pairwise sum of ``a[lo:lo+n]`` for n <= 128: 8 accumulators, then the rest in order."""
     if n < 8:
@@ -201,10 +435,12 @@ def _pairwise(a, lo, n):
     return values[0]
 
 
-@nb.njit(**_EXACT)
+@nb.njit(inline="always", **_EXACT)
 def _entropy_of(terms):
-    """``-sum(terms)`` as numpy's ``np.sum(..., axis=-1)`` of a row-major array computes it."""
-    return -(0.0 + _pairwise(terms, 0, terms.size))
+    """``-sum(terms)`` as numpy's ``np.sum(..., axis=-1)`` of a row-major array computes it (inlined: it runs once
+    per row or pass of every exactly scored item)."""
+    n = terms.size
+    return -(0.0 + (_pairwise_block(terms, 0, n) if n <= 128 else _pairwise(terms, 0, n)))
 
 
 @nb.njit(**_EXACT)
@@ -344,66 +580,109 @@ def _push_scores(scores, start, hs, hp, npos, st):
 
 
 # ------------------------------------------------------------------------------------------ probs kernels
-# The per-row loops are written out in each kernel: a helper taking the array would cost a refcount pair per row.
+# The per-row code is inlined (``inline="always"``: no call, so no refcount pair per row).
+@nb.njit(inline="always", **_EXACT)
+def _lc_row(p, b, start, thr, hs, hp, npos, st):
+    """Row ``b``'s exact least confidence, offered to the heap when it reaches ``thr``; returns the new thr."""
+    n_class = p.shape[1]
+    m0 = p[b, 0]                              # max and sum (a NaN detector), two interleaved accumulators
+    m1 = m0
+    s0 = m0
+    s1 = m0 - m0
+    c = 1
+    while c + 1 < n_class:
+        v = p[b, c]
+        w = p[b, c + 1]
+        m0 = max(m0, v)
+        m1 = max(m1, w)
+        s0 += v
+        s1 += w
+        c += 2
+    if c < n_class:
+        v = p[b, c]
+        m0 = max(m0, v)
+        s0 += v
+    s0 += s1
+    score = 1.0 - np.float64(max(m0, m1))
+    if s0 != s0:                              # a NaN somewhere (or inf - inf): numpy's semantics, slowly
+        score = _lc_row_slow(p[b].astype(np.float64))
+    elif score < thr:
+        return thr
+    if score != score:
+        _offer_nan(npos, st, start + b)
+    elif score >= thr and _offer(hs, hp, st, score, start + b):
+        return hs[0] if st[0] == hs.size else -np.inf
+    return thr
+
+
+@nb.njit(inline="always", **_EXACT)
+def _margin_row(p, b, start, thr, hs, hp, npos, st):
+    """Row ``b``'s exact margin score, offered to the heap when it reaches ``thr``; returns the new thr."""
+    n_class = p.shape[1]
+    a1 = p[b, 0]                              # max, runner-up (a tie counts twice) and sum (a NaN detector)
+    a2 = -np.inf
+    s = a1
+    for c in range(1, n_class):
+        v = p[b, c]
+        a2 = max(a2, min(a1, v))
+        a1 = max(a1, v)
+        s += v
+    score = -(np.float64(a1) - np.float64(a2))
+    if s != s:
+        score = _margin_row_slow(p[b].astype(np.float64))
+    elif score < thr:
+        return thr
+    if score != score:
+        _offer_nan(npos, st, start + b)
+    elif score >= thr and _offer(hs, hp, st, score, start + b):
+        return hs[0] if st[0] == hs.size else -np.inf
+    return thr
+
+
+@nb.njit(inline="always", **_EXACT)
+def _groups_end(p):
+    """Rows [0, end) are handled in whole SIMD groups (0 when C exceeds a group's lanes); the rest row by row."""
+    n_row, n_class = p.shape
+    g = _GROUP_BYTES // p.itemsize
+    if n_class > g or n_row < g:
+        return 0
+    end = (n_row // g) * g
+    while end > 0 and (end - 1) * n_class + g > n_row * n_class:
+        end -= g
+    return end
+
+
 @nb.njit(**_EXACT)
 def _lc_push(p, start, hs, hp, npos, st):
-    n_row, n_class = p.shape
-    k = hs.size
-    thr = hs[0] if st[0] == k else -np.inf
-    for b in range(n_row):
-        m0 = p[b, 0]                          # max and sum (a NaN detector), two interleaved accumulators
-        m1 = m0
-        s0 = m0
-        s1 = m0 - m0
-        c = 1
-        while c + 1 < n_class:
-            v = p[b, c]
-            w = p[b, c + 1]
-            m0 = max(m0, v)
-            m1 = max(m1, w)
-            s0 += v
-            s1 += w
-            c += 2
-        if c < n_class:
-            v = p[b, c]
-            m0 = max(m0, v)
-            s0 += v
-        s0 += s1
-        score = 1.0 - np.float64(max(m0, m1))
-        if s0 != s0:                          # a NaN somewhere (or inf - inf): numpy's semantics, slowly
-            score = _lc_row_slow(p[b].astype(np.float64))
-        elif score < thr:
-            continue
-        if score != score:
-            _offer_nan(npos, st, start + b)
-        elif score >= thr and _offer(hs, hp, st, score, start + b):
-            thr = hs[0] if st[0] == k else -np.inf
+    n_row = p.shape[0]
+    g = _GROUP_BYTES // p.itemsize
+    thr = hs[0] if st[0] == hs.size else -np.inf
+    end = _groups_end(p)
+    for b0 in range(0, end, g):
+        keep = _group_lc(p, b0, thr)          # the rows that may enter (filter; the scores come from _lc_row)
+        while keep:
+            j = _lowest_bit(keep)
+            keep &= keep - 1
+            thr = _lc_row(p, b0 + j, start, thr, hs, hp, npos, st)
+    for b in range(end, n_row):
+        thr = _lc_row(p, b, start, thr, hs, hp, npos, st)
     st[2] += n_row
 
 
 @nb.njit(**_EXACT)
 def _margin_push(p, start, hs, hp, npos, st):
-    n_row, n_class = p.shape
-    k = hs.size
-    thr = hs[0] if st[0] == k else -np.inf
-    for b in range(n_row):
-        a1 = p[b, 0]                          # max, runner-up (a tie counts twice) and sum (a NaN detector)
-        a2 = -np.inf
-        s = a1
-        for c in range(1, n_class):
-            v = p[b, c]
-            a2 = max(a2, min(a1, v))
-            a1 = max(a1, v)
-            s += v
-        score = -(np.float64(a1) - np.float64(a2))
-        if s != s:
-            score = _margin_row_slow(p[b].astype(np.float64))
-        elif score < thr:
-            continue
-        if score != score:
-            _offer_nan(npos, st, start + b)
-        elif score >= thr and _offer(hs, hp, st, score, start + b):
-            thr = hs[0] if st[0] == k else -np.inf
+    n_row = p.shape[0]
+    g = _GROUP_BYTES // p.itemsize
+    thr = hs[0] if st[0] == hs.size else -np.inf
+    end = _groups_end(p)
+    for b0 in range(0, end, g):
+        keep = _group_margin(p, b0, thr)
+        while keep:
+            j = _lowest_bit(keep)
+            keep &= keep - 1
+            thr = _margin_row(p, b0 + j, start, thr, hs, hp, npos, st)
+    for b in range(end, n_row):
+        thr = _margin_row(p, b, start, thr, hs, hp, npos, st)
     st[2] += n_row
 
 
@@ -439,16 +718,52 @@ def _max_cut(thr, s_bound, slack, n_class):
     return hi
 
 
+@nb.njit(inline="always", **_BOUND)
+def _entropy_up(m, s, q, r, thr, cut, n_class, params):
+    """The smaller of the quadratic and cubic bounds of a row (entries >= 0, sum in [_S_MIN, _S_CHECK]) from its
+    max ``m`` and power sums ``S, Q, R``; -inf when a bound, or the max bound (``m > cut``), is below ``thr``."""
+    log_c, inv_c, slack_quad, slack_cubic, _, _ = params
+    tangent = log_c + (log_c - 1.0) * (s - 1.0)
+    quad = tangent + slack_quad                     # the bound is quad - spread / 2m
+    spread = q - s * s * inv_c                      # sum (p - S/C)^2
+    if spread > 2.0 * m * (quad - thr) or m > cut:   # the quadratic bound, or the max bound, is below thr
+        return -np.inf
+    cubic = tangent + slack_cubic + s * (5.0 / 6.0)  # the bound is cubic - CQ/S + C^2 R / 6S^2
+    if 6.0 * s * s * (cubic - thr) + n_class * (n_class * r - 6.0 * q * s) < 0.0:
+        return -np.inf
+    return min(quad - spread / (2.0 * m), cubic + (n_class * n_class * r / (6.0 * s) - n_class * q) / s)
+
+
 @nb.njit(**_BOUND)
 def _entropy_bounds(p, bits, thr, cut, params, cand, cand_up):
-    """Pass 1 over rows: per row the max and the power sums S, Q, R of p, p^2, p^3 (in the input's precision,
-    two interleaved accumulators) and the OR of the bits (negative iff an entry has its sign set). Rows whose
-    smaller bound reaches ``thr`` go to ``cand`` with that bound (+inf when the bounds do not apply); rows whose
-    maximum exceeds ``cut`` (see :func:`_max_cut`) are out at once."""
+    """Pass 1 over rows: per row the max and the power sums S, Q, R of p, p^2, p^3 (in the input's precision) and
+    whether an entry has its sign bit set. Rows whose smaller bound reaches ``thr`` go to ``cand`` with that bound
+    (+inf when the bounds do not apply); rows whose maximum exceeds ``cut`` (see :func:`_max_cut`) are out at once.
+    Whole SIMD groups of rows first (:func:`_group_entropy` computes the statistics and rules out the rows over
+    ``cut``), then the last rows one by one (two interleaved accumulators)."""
     n_row, n_class = p.shape
-    log_c, inv_c, slack_quad, slack_cubic, _, _ = params
     n_cand = 0
-    for b in range(n_row):
+    g = _GROUP_BYTES // p.itemsize
+    stats = np.empty((4, g), p.dtype)
+    end = _groups_end(p)
+    for b0 in range(0, end, g):
+        flags = _group_entropy(p, b0, thr, cut, params, stats)
+        todo = flags & 0xFFFFFFFF
+        while todo:
+            j = _lowest_bit(todo)
+            todo &= todo - 1
+            if (flags >> (32 + j)) & 1:
+                cand[n_cand] = b0 + j
+                cand_up[n_cand] = np.inf
+                n_cand += 1
+                continue
+            up = _entropy_up(np.float64(stats[0, j]), np.float64(stats[1, j]), np.float64(stats[2, j]),
+                             np.float64(stats[3, j]), thr, cut, n_class, params)
+            if up > -np.inf:
+                cand[n_cand] = b0 + j
+                cand_up[n_cand] = up
+                n_cand += 1
+    for b in range(end, n_row):
         m0 = p[b, 0]
         m1 = m0
         s0 = m0
@@ -482,26 +797,16 @@ def _entropy_bounds(p, bits, thr, cut, params, cand, cand_up):
             q0 += vv
             r0 += vv * v
             o |= bits[b, c]
-        m = np.float64(max(m0, m1))
         s = np.float64(s0 + s1)
         if not (o >= 0 and _S_MIN <= s <= _S_CHECK):
+            up = np.inf
+        else:
+            up = _entropy_up(np.float64(max(m0, m1)), s, np.float64(q0 + q1), np.float64(r0 + r1), thr, cut,
+                             n_class, params)
+        if up > -np.inf:
             cand[n_cand] = b
-            cand_up[n_cand] = np.inf
+            cand_up[n_cand] = up
             n_cand += 1
-            continue
-        q = np.float64(q0 + q1)
-        r = np.float64(r0 + r1)
-        tangent = log_c + (log_c - 1.0) * (s - 1.0)
-        quad = tangent + slack_quad                     # the bound is quad - spread / 2m
-        spread = q - s * s * inv_c                      # sum (p - S/C)^2
-        if spread > 2.0 * m * (quad - thr) or m > cut:   # the quadratic bound, or the max bound, is below thr
-            continue
-        cubic = tangent + slack_cubic + s * (5.0 / 6.0)  # the bound is cubic - CQ/S + C^2 R / 6S^2
-        if 6.0 * s * s * (cubic - thr) + n_class * (n_class * r - 6.0 * q * s) < 0.0:
-            continue
-        cand[n_cand] = b
-        cand_up[n_cand] = min(quad - spread / (2.0 * m), cubic + (n_class * n_class * r / (6.0 * s) - n_class * q) / s)
-        n_cand += 1
     return n_cand
 
 
@@ -591,8 +896,11 @@ def _entropy_push(p, bits, start, hs, hp, npos, st, params):
     cand = np.empty(chunk, np.int64)
     cand_up = np.empty(chunk)
     terms = np.empty(n_class)
-    for lo in range(0, n_row, chunk):
-        rows, bits_rows = p[lo:lo + chunk], bits[lo:lo + chunk]
+    lo = 0
+    while lo < n_row:
+        # until the heap is full every row is a candidate: a short first chunk lifts the threshold sooner
+        size = chunk if st[0] == k else min(chunk, max(4096, 4 * k))
+        rows, bits_rows = p[lo:lo + size], bits[lo:lo + size]
         thr = hs[0] if st[0] == k else -np.inf
         cut = _max_cut(thr, params[4], params[5], n_class)
         n_cand = _entropy_bounds(rows, bits_rows, thr, cut, params, cand, cand_up)
@@ -602,6 +910,7 @@ def _entropy_push(p, bits, start, hs, hp, npos, st, params):
         thr = hs[0] if st[0] == k else -np.inf
         _entropy_refine(rows, cand, cand_up, n_cand, thr, params[5])
         _entropy_exact(rows, start + lo, cand, cand_up, n_cand, -np.inf, terms, hs, hp, npos, st)
+        lo += size
 
 
 @nb.njit(**_EXACT)

@@ -423,3 +423,88 @@ def test_near_ties_with_the_top_survive_pruning(kind):
     ref = REFERENCE[kind](x)
     for k in (50, 100, 150):
         assert_same_picks(accumulate(kind, x, k, 4096), ref, k)
+
+
+# ------------------------------------------------------------------------------------------ SIMD row groups
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_groups_for_every_small_class_count(dtype):
+    """Every class count a group serves (1 .. 16 lanes of float32, 1 .. 8 of float64) and the first it does not,
+    blocks whose row count leaves a scalar tail, special values inside groups: the reference's picks."""
+    rng = np.random.default_rng(5)
+    lanes = 64 // np.dtype(dtype).itemsize
+    for n_class in range(1, lanes + 2):
+        for alpha in (0.1, 1.0, 30.0):
+            p = dirichlet(rng, alpha, (700,), n_class, dtype)
+            p[3::41] *= 2.5                               # sums above 1.001
+            p[5::43, 0] = -0.0                            # sign bit set on a zero
+            p[7::47, -1] = -0.05                          # negative entries
+            p[9::53, 0] = np.nan
+            p[11::59, -1] = np.inf
+            p[13::61] = 0.0
+            p[15::67] = 1.0 / n_class                     # uniform rows (ties, and the bounds' equality case)
+            for kind in PROBS_KINDS:
+                if kind == "margin" and n_class < 2:
+                    continue
+                ref = REFERENCE[kind](p)
+                for k, block in ((1, 700), (40, 97), (300, 256)):
+                    positions, scores = accumulate(kind, p, k, block).result()
+                    np.testing.assert_array_equal(positions, reference_top_k(ref, k), err_msg=f"{kind} C={n_class}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_group_filters_keep_exactly_the_rows_that_may_enter(dtype):
+    """The group filters for least confidence and margin flag exactly the rows whose exact score reaches the
+    threshold or whose sum is NaN; entropy's flags every row that fails the bounds' preconditions, and never a
+    row whose max bound (max > cut) rules it out, and its statistics are the rows' max and power sums."""
+    import numba as nb
+
+    @nb.njit
+    def lc(p, b, t):
+        return K._group_lc(p, b, t)
+
+    @nb.njit
+    def margin(p, b, t):
+        return K._group_margin(p, b, t)
+
+    @nb.njit
+    def entropy(p, b, thr, cut, params, stats):
+        return K._group_entropy(p, b, thr, cut, params, stats)
+
+    def bits(mask, lanes, shift=0):
+        return np.array([(mask >> (shift + r)) & 1 for r in range(lanes)], dtype=bool)
+
+    rng = np.random.default_rng(9)
+    lanes = 64 // np.dtype(dtype).itemsize
+    for n_class in range(1, lanes + 1):
+        for trial in range(12):
+            p = dirichlet(rng, float(rng.choice([0.1, 1.0, 10.0])), (3 * lanes,), n_class, dtype)
+            row, col = rng.integers(lanes, 2 * lanes), rng.integers(0, n_class)
+            if trial % 4 == 1:
+                p[row, col] = np.nan
+            elif trial % 4 == 2:
+                p[row, col] = -p[row, col]
+            elif trial % 4 == 3:
+                p[row] *= 3.0
+            group = p[lanes:2 * lanes].astype(np.float64)
+            sums = group.sum(axis=1)
+            score = 1.0 - group.max(axis=1)
+            thr = float(np.nanmedian(score)) if not np.isnan(score).all() else 0.5
+            np.testing.assert_array_equal(bits(lc(p, lanes, thr), lanes), (score >= thr) | np.isnan(sums))
+            if n_class >= 2:
+                top2 = np.sort(group, axis=1)[:, -2:]
+                score = -(top2[:, 1] - top2[:, 0])
+                thr = float(np.nanmedian(score)) if not np.isnan(score).all() else 0.0
+                np.testing.assert_array_equal(bits(margin(p, lanes, thr), lanes), (score >= thr) | np.isnan(sums))
+            params = K._entropy_params(n_class)
+            stats = np.empty((4, lanes), dtype)
+            maxima = p[lanes:2 * lanes].max(axis=1)
+            cut = float(np.nanmedian(maxima))
+            flags = entropy(p, lanes, -np.inf, cut, params, stats)
+            bad = np.signbit(group).any(axis=1) | ~((sums >= K._S_MIN) & (sums <= K._S_CHECK))
+            np.testing.assert_array_equal(bits(flags, lanes, 32), bad)
+            keep = bits(flags, lanes)
+            assert keep[bad].all() and not keep[~bad & (maxima > cut)].any()
+            ok = ~bad
+            np.testing.assert_array_equal(stats[0][ok], maxima[ok])
+            for i, power in ((1, 1), (2, 2), (3, 3)):
+                np.testing.assert_allclose(stats[i][ok], (group[ok] ** power).sum(axis=1), rtol=1e-5)
