@@ -140,24 +140,31 @@ def _splat(builder, value, n):
     return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, n), [0] * n))
 
 
-def _transpose_reduce(builder, vecs, op):
-    """``vecs``: G vectors of G lanes, vector r holding row r. Returns one vector whose lane r is ``op`` reduced
-    over vector r's lanes: at each level, pairs (a, b) -> op(low halves of each row's partials, high halves)."""
-    n = len(vecs)
+def _transpose_reduce(builder, rows, combine):
+    """``rows``: G tuples of vectors of G lanes, tuple r holding row r's lanes. Returns one tuple of vectors whose
+    lane r is ``combine`` reduced over row r's lanes: at each level, pairs of tuples (a, b) ->
+    combine(low halves of each row's partials, high halves) by two shuffles per vector."""
+    n = len(rows)
     mask_type = ir.VectorType(ir.IntType(32), n)
-    width, rows = n, 1                # lanes per row partial, row partials per vector
-    while len(vecs) > 1:
+    width, per = n, 1                 # lanes per row partial, row partials per vector
+    while len(rows) > 1:
         half = width // 2
         low, high = [], []
         for base in (0, n):
-            for g in range(rows):
+            for g in range(per):
                 low += [base + g * width + j for j in range(half)]
                 high += [base + g * width + half + j for j in range(half)]
-        vecs = [op(builder.shuffle_vector(a, b, ir.Constant(mask_type, low)),
-                   builder.shuffle_vector(a, b, ir.Constant(mask_type, high)))
-                for a, b in zip(vecs[0::2], vecs[1::2])]
-        width, rows = half, rows * 2
-    return vecs[0]
+        low, high = ir.Constant(mask_type, low), ir.Constant(mask_type, high)
+        rows = [combine(tuple(builder.shuffle_vector(x, y, low) for x, y in zip(a, b)),
+                        tuple(builder.shuffle_vector(x, y, high) for x, y in zip(a, b)))
+                for a, b in zip(rows[0::2], rows[1::2])]
+        width, per = half, per * 2
+    return rows[0]
+
+
+def _reduce(builder, vecs, op):
+    """One statistic per row (see :func:`_transpose_reduce`): lane r of the result is ``op`` over vector r."""
+    return _transpose_reduce(builder, [(v,) for v in vecs], lambda a, b: (op(a[0], b[0]),))[0]
 
 
 def _group_load(context, builder, array_type, array, row):
@@ -219,8 +226,8 @@ def _group_lc(typingctx, arr, row, thr):
     def codegen(context, builder, signature, args):
         rows, live, vt = _group_load(context, builder, signature.args[0], args[0],
                                      context.cast(builder, args[1], signature.args[1], types.intp))
-        m = _transpose_reduce(builder, _fill(builder, rows, live, vt, float("-inf")), _vmax(builder))
-        s = _transpose_reduce(builder, _fill(builder, rows, live, vt, 0.0), builder.fadd)
+        m = _reduce(builder, _fill(builder, rows, live, vt, float("-inf")), _vmax(builder))
+        s = _reduce(builder, _fill(builder, rows, live, vt, 0.0), builder.fadd)
         dt = ir.VectorType(ir.DoubleType(), vt.count)
         score = builder.fsub(ir.Constant(dt, [1.0] * vt.count), builder.fpext(m, dt) if vt != dt else m)
         keep = builder.or_(builder.fcmp_unordered(">=", score, _splat(builder, args[2], vt.count)),
@@ -241,33 +248,13 @@ def _group_margin(typingctx, arr, row, thr):
                                      context.cast(builder, args[1], signature.args[1], types.intp))
         vmax, vmin = _vmax(builder), _vmin(builder)
         n = vt.count
-        mask_type = ir.VectorType(ir.IntType(32), n)
-        # pairs (top, second) of partials, merged level by level like _transpose_reduce
-        top = _fill(builder, rows, live, vt, float("-inf"))
-        second = [ir.Constant(vt, [float("-inf")] * n)] * n
-        width, per = n, 1
-        while len(top) > 1:
-            half = width // 2
-            low, high = [], []
-            for base in (0, n):
-                for g in range(per):
-                    low += [base + g * width + j for j in range(half)]
-                    high += [base + g * width + half + j for j in range(half)]
-            lo_m, hi_m = ir.Constant(mask_type, low), ir.Constant(mask_type, high)
-            new_top, new_second = [], []
-            for i in range(0, len(top), 2):
-                t1 = builder.shuffle_vector(top[i], top[i + 1], lo_m)
-                t2 = builder.shuffle_vector(top[i], top[i + 1], hi_m)
-                s1 = builder.shuffle_vector(second[i], second[i + 1], lo_m)
-                s2 = builder.shuffle_vector(second[i], second[i + 1], hi_m)
-                new_top.append(vmax(t1, t2))
-                new_second.append(vmax(vmin(t1, t2), vmax(s1, s2)))
-            top, second = new_top, new_second
-            width, per = half, per * 2
-        s = _transpose_reduce(builder, _fill(builder, rows, live, vt, 0.0), builder.fadd)
+        top, second = _transpose_reduce(          # (max, runner-up) of partials: merging counts a tie twice
+            builder, [(v, ir.Constant(vt, [float("-inf")] * n)) for v in _fill(builder, rows, live, vt, float("-inf"))],
+            lambda a, b: (vmax(a[0], b[0]), vmax(vmin(a[0], b[0]), vmax(a[1], b[1]))))
+        s = _reduce(builder, _fill(builder, rows, live, vt, 0.0), builder.fadd)
         dt = ir.VectorType(ir.DoubleType(), n)
-        a1 = builder.fpext(top[0], dt) if vt != dt else top[0]
-        a2 = builder.fpext(second[0], dt) if vt != dt else second[0]
+        a1 = builder.fpext(top, dt) if vt != dt else top
+        a2 = builder.fpext(second, dt) if vt != dt else second
         score = builder.fneg(builder.fsub(a1, a2))
         keep = builder.or_(builder.fcmp_unordered(">=", score, _splat(builder, args[2], n)),
                            builder.fcmp_unordered("uno", s, s))
@@ -292,12 +279,12 @@ def _group_entropy(typingctx, arr, row, thr, cut, params, stats):
         ivt = ir.VectorType(ir.IntType(32 if signature.args[0].dtype == types.float32 else 64), n)
         dt = ir.VectorType(ir.DoubleType(), n)
         zeroed = _fill(builder, rows, live, vt, 0.0)
-        m = _transpose_reduce(builder, _fill(builder, rows, live, vt, float("-inf")), _vmax(builder))
-        s = _transpose_reduce(builder, zeroed, builder.fadd)
+        m = _reduce(builder, _fill(builder, rows, live, vt, float("-inf")), _vmax(builder))
+        s = _reduce(builder, zeroed, builder.fadd)
         squares = [builder.fmul(v, v) for v in zeroed]
-        q = _transpose_reduce(builder, squares, builder.fadd)
-        r = _transpose_reduce(builder, [builder.fmul(a, v) for a, v in zip(squares, zeroed)], builder.fadd)
-        o = _transpose_reduce(builder, [builder.bitcast(v, ivt) for v in zeroed], builder.or_)
+        q = _reduce(builder, squares, builder.fadd)
+        r = _reduce(builder, [builder.fmul(a, v) for a, v in zip(squares, zeroed)], builder.fadd)
+        o = _reduce(builder, [builder.bitcast(v, ivt) for v in zeroed], builder.or_)
         out = context.make_array(signature.args[5])(context, builder, args[5])
         row_stride = builder.extract_value(out.strides, 0)
         base = builder.bitcast(out.data, ir.IntType(8).as_pointer())
