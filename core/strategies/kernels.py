@@ -131,7 +131,7 @@ _GROUP_BYTES = 64
 
 
 def _group_rows(dtype: object) -> int:
-    return _GROUP_BYTES // (4 if dtype == types.float32 else 8)
+    return _GROUP_BYTES * 8 // dtype.bitwidth
 
 
 def _splat(builder, value, n):
@@ -321,6 +321,41 @@ def _group_entropy(typingctx, arr, row, thr, cut, params, stats):
         bits_bad = _bits(builder, bad)
         return builder.or_(_bits(builder, keep), builder.shl(bits_bad, ir.Constant(ir.IntType(64), 32)))
     return types.int64(arr, row, types.float64, types.float64, params, stats), codegen
+
+
+@intrinsic
+def _group_bald(typingctx, g, sp, ub, row, out):
+    """Rows ``row .. row+15`` of bald's per (item, class) float32 tiles ``g`` (the estimate's terms), ``sp`` (sums
+    of p) and uint32 ``ub`` (max of p's bits), each viewed as (items, C) with C <= 16: per item the float64 sum of
+    its ``g``, the float64 sum of its ``sp`` and whether its max bits exceed ``_BITS_MAX`` (1.0, else 0.0), into
+    ``out[0..2, :16]``. Sums of float32 values in float64 (any order: the rounding is far below the bound's slack)."""
+    ok = all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" for a in (g, sp, ub))
+    if not (ok and g.dtype == sp.dtype == types.float32 and ub.dtype == types.uint32 and isinstance(row, types.Integer)
+            and isinstance(out, types.Array) and out.dtype == types.float64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        row = context.cast(builder, args[3], signature.args[3], types.intp)
+        dt = ir.VectorType(ir.DoubleType(), 16)
+        sums = []
+        for i in (0, 1):
+            rows, live, vt = _group_load(context, builder, signature.args[i], args[i], row)
+            sums.append(_reduce(builder, [builder.fpext(v, dt) for v in _fill(builder, rows, live, vt, 0.0)],
+                                builder.fadd))
+        rows, live, vt = _group_load(context, builder, signature.args[2], args[2], row)
+        zero = ir.Constant(vt, [0] * 16)
+        worst = _reduce(builder, [builder.select(live, v, zero) for v in rows],
+                        lambda a, b: builder.select(builder.icmp_unsigned(">", a, b), a, b))
+        bad = builder.icmp_unsigned(">", worst, ir.Constant(vt, [int(_BITS_MAX)] * 16))
+        sums.append(builder.uitofp(bad, dt))
+        o = context.make_array(signature.args[4])(context, builder, args[4])
+        stride = builder.extract_value(o.strides, 0)
+        base = builder.bitcast(o.data, ir.IntType(8).as_pointer())
+        for i, value in enumerate(sums):
+            ptr = builder.gep(base, [builder.mul(ir.Constant(stride.type, i), stride)])
+            builder.store(value, builder.bitcast(ptr, dt.as_pointer()), align=1)
+        return context.get_dummy_value()
+    return types.void(g, sp, ub, row, out), codegen
 
 
 # Our weighted least-squares fit of log1p(f)/f for f = y - 1, y in [sqrt(1/2), sqrt(2)): |error of log| < 1.1e-5.
@@ -961,13 +996,15 @@ def _bald_bounds(x, st0, n_pass, n_item, n_class, up):
     ``2u|log x|`` part times ``x`` is ``<= 0.74u``, plus the product's rounding) and the float32 sum over T passes
     by ``<= 0.38 T u``, mu by a factor ``1 +- (T+1)u`` (hence ``phi(mu)`` by ``<= 1.4 (T+1) u``), ``mu _flog(mu)`` by
     ``mu _LOG_ERR + 1.2u``, the subtraction by ``0.75u``, a float64 input's rounding to float32 by ``2.8u``: in all
-    ``<= 2.01 _LOG_ERR M + C u (1.8 T + 8)`` with ``M = sum_c mu_c``; doubled, plus 1e-9 for the reference."""
+    ``<= 2.01 _LOG_ERR M + C u (1.8 T + 8)`` with ``M = sum_c mu_c``; doubled, plus 1e-9 for the reference.
+    The per-item sums over classes (in float64) run on SIMD groups of 16 items for C <= 16 (:func:`_group_bald`)."""
     tile = min(_BALD_TILE, n_item) * n_class
     sp = np.empty(tile, np.float32)
     sl = np.empty(tile, np.float32)
     g = np.empty(tile, np.float32)
     ub = np.empty(tile, np.uint32)
     zeros = np.zeros(tile, np.float32)
+    sums = np.empty((3, 16))
     inv_t = np.float32(1.0 / n_pass)
     rounding = n_class * _U32 * (1.8 * n_pass + 8.0)
     for b0 in range(0, n_item, _BALD_TILE):
@@ -983,7 +1020,16 @@ def _bald_bounds(x, st0, n_pass, n_item, n_class, up):
             else:                             # an odd pass out: paired with zeros (0 log 0 = 0)
                 _bald_accumulate(x[lo:lo + n], zeros[:n], sp, sl, ub)
         _bald_terms(sp, sl, n, inv_t, g)
-        for i in range(n // n_class):
+        n_tile = n // n_class
+        g2, sp2 = g[:n].reshape((n_tile, n_class)), sp[:n].reshape((n_tile, n_class))
+        ub2 = ub[:n].reshape((n_tile, n_class))
+        end = _groups_end(g2)                 # whole groups of 16 items in SIMD (C <= 16), the rest one by one
+        for i0 in range(0, end, 16):
+            _group_bald(g2, sp2, ub2, i0, sums)
+            for r in range(16):
+                eps = 2.0 * (2.01 * _LOG_ERR * sums[1, r] / n_pass + rounding) + 1e-9
+                up[b0 + i0 + r] = np.inf if sums[2, r] > 0.0 else max(sums[0, r] + eps, 0.0)
+        for i in range(end, n_tile):
             est = 0.0
             mass = 0.0
             worst = np.uint32(0)

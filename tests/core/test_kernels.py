@@ -508,3 +508,23 @@ def test_group_filters_keep_exactly_the_rows_that_may_enter(dtype):
             np.testing.assert_array_equal(stats[0][ok], maxima[ok])
             for i, power in ((1, 1), (2, 2), (3, 3)):
                 np.testing.assert_allclose(stats[i][ok], (group[ok] ** power).sum(axis=1), rtol=1e-5)
+
+
+def test_bald_bound_groups_for_every_small_class_count():
+    """bald's per-item bound sums run on SIMD groups of 16 items for C <= 16 (the rest one by one): for every
+    class count up to 17, item counts that leave a remainder, and invalid entries inside groups, the bounds bound
+    the reference and the picks are the reference's."""
+    rng = np.random.default_rng(12)
+    for n_class in range(1, 18):
+        x = dirichlet(rng, float(rng.choice([0.3, 3.0])), (4, 531), n_class)
+        x[1, 7::37, 0] = 1.5                              # an entry above 1.001
+        x[2, 9::41, -1] = -0.01                           # a negative entry
+        x[3, 11::43, 0] = np.nan
+        ref = U.bald(x)
+        up = K._bald_upper(x)
+        finite = ~np.isnan(ref)
+        assert (ref[finite] <= up[finite]).all(), n_class
+        assert np.isinf(up[7::37]).all() and np.isinf(up[9::41]).all() and np.isinf(up[11::43]).all()
+        for k, block in ((5, 531), (60, 200)):
+            positions, _ = accumulate("bald", x, k, block).result()
+            np.testing.assert_array_equal(positions, reference_top_k(ref, k), err_msg=f"C={n_class}")
