@@ -602,6 +602,16 @@ def _push_scores(scores, start, hs, hp, npos, st):
 
 
 # ------------------------------------------------------------------------------------------ probs kernels
+@nb.njit(inline="always", **_EXACT)
+def _enter(score, pos, thr, hs, hp, npos, st):
+    """Offer an exact score that may enter (NaN to the NaN heap); returns the threshold after it."""
+    if score != score:
+        _offer_nan(npos, st, pos)
+    elif score >= thr and _offer(hs, hp, st, score, pos):
+        return hs[0] if st[0] == hs.size else -np.inf
+    return thr
+
+
 # The per-row code is inlined (``inline="always"``: no call, so no refcount pair per row).
 @nb.njit(inline="always", **_EXACT)
 def _lc_row(p, b, start, thr, hs, hp, npos, st):
@@ -630,11 +640,7 @@ def _lc_row(p, b, start, thr, hs, hp, npos, st):
         score = _lc_row_slow(p[b].astype(np.float64))
     elif score < thr:
         return thr
-    if score != score:
-        _offer_nan(npos, st, start + b)
-    elif score >= thr and _offer(hs, hp, st, score, start + b):
-        return hs[0] if st[0] == hs.size else -np.inf
-    return thr
+    return _enter(score, start + b, thr, hs, hp, npos, st)
 
 
 @nb.njit(inline="always", **_EXACT)
@@ -654,11 +660,7 @@ def _margin_row(p, b, start, thr, hs, hp, npos, st):
         score = _margin_row_slow(p[b].astype(np.float64))
     elif score < thr:
         return thr
-    if score != score:
-        _offer_nan(npos, st, start + b)
-    elif score >= thr and _offer(hs, hp, st, score, start + b):
-        return hs[0] if st[0] == hs.size else -np.inf
-    return thr
+    return _enter(score, start + b, thr, hs, hp, npos, st)
 
 
 @nb.njit(inline="always", **_EXACT)
@@ -675,36 +677,27 @@ def _groups_end(p):
 
 
 @nb.njit(**_EXACT)
-def _lc_push(p, start, hs, hp, npos, st):
+def _lc_margin_push(margin, p, start, hs, hp, npos, st):
+    """Least confidence (``margin`` False) or margin: whole SIMD groups through their filter, the rows that pass
+    and the last rows through the exact scalar code."""
     n_row = p.shape[0]
     g = _GROUP_BYTES // p.itemsize
     thr = hs[0] if st[0] == hs.size else -np.inf
     end = _groups_end(p)
     for b0 in range(0, end, g):
-        keep = _group_lc(p, b0, thr)          # the rows that may enter (filter; the scores come from _lc_row)
+        keep = _group_margin(p, b0, thr) if margin else _group_lc(p, b0, thr)   # the rows that may enter
         while keep:
             j = _lowest_bit(keep)
             keep &= keep - 1
-            thr = _lc_row(p, b0 + j, start, thr, hs, hp, npos, st)
+            if margin:
+                thr = _margin_row(p, b0 + j, start, thr, hs, hp, npos, st)
+            else:
+                thr = _lc_row(p, b0 + j, start, thr, hs, hp, npos, st)
     for b in range(end, n_row):
-        thr = _lc_row(p, b, start, thr, hs, hp, npos, st)
-    st[2] += n_row
-
-
-@nb.njit(**_EXACT)
-def _margin_push(p, start, hs, hp, npos, st):
-    n_row = p.shape[0]
-    g = _GROUP_BYTES // p.itemsize
-    thr = hs[0] if st[0] == hs.size else -np.inf
-    end = _groups_end(p)
-    for b0 in range(0, end, g):
-        keep = _group_margin(p, b0, thr)
-        while keep:
-            j = _lowest_bit(keep)
-            keep &= keep - 1
-            thr = _margin_row(p, b0 + j, start, thr, hs, hp, npos, st)
-    for b in range(end, n_row):
-        thr = _margin_row(p, b, start, thr, hs, hp, npos, st)
+        if margin:
+            thr = _margin_row(p, b, start, thr, hs, hp, npos, st)
+        else:
+            thr = _lc_row(p, b, start, thr, hs, hp, npos, st)
     st[2] += n_row
 
 
@@ -1228,10 +1221,8 @@ class TopKAccumulator:
         self._seen += p.shape[0]
         if not p.shape[0] or not self.k:
             return
-        if kind == "least_confidence":
-            _lc_push(p, int(start), *self._heap())
-        elif kind == "margin":
-            _margin_push(p, int(start), *self._heap())
+        if kind in ("least_confidence", "margin"):
+            _lc_margin_push(kind == "margin", p, int(start), *self._heap())
         else:
             bits = p.view(np.int32 if p.dtype == np.float32 else np.int64)
             _entropy_push(p, bits, int(start), *self._heap(), _entropy_params(p.shape[1]))
