@@ -168,7 +168,7 @@ def _reduce(builder, vecs, op):
 
 
 def _group_load(context, builder, array_type, array, row):
-    """The G row vectors of rows row .. row+G-1 and the <G x i1> mask of the lanes < C."""
+    """The G row vectors of rows row .. row+G-1, the <G x i1> mask of the lanes < C, their vector type and C."""
     n = _group_rows(array_type.dtype)
     vt = ir.VectorType(context.get_value_type(array_type.dtype), n)
     data = context.make_array(array_type)(context, builder, array)
@@ -177,7 +177,17 @@ def _group_load(context, builder, array_type, array, row):
     rows = [builder.load(builder.bitcast(builder.gep(first, [builder.mul(ir.Constant(n_col.type, r), n_col)]),
                                          vt.as_pointer()), align=1) for r in range(n)]
     lanes = ir.Constant(ir.VectorType(n_col.type, n), list(range(n)))
-    return rows, builder.icmp_unsigned("<", lanes, _splat(builder, n_col, n)), vt
+    return rows, builder.icmp_unsigned("<", lanes, _splat(builder, n_col, n)), vt, n_col
+
+
+def _store_rows(context, builder, out_type, out, values):
+    """Vector ``values[i]`` into row i of the 2-d array ``out`` (its first len(vector) entries)."""
+    data = context.make_array(out_type)(context, builder, out)
+    stride = builder.extract_value(data.strides, 0)
+    base = builder.bitcast(data.data, ir.IntType(8).as_pointer())
+    for i, value in enumerate(values):
+        ptr = builder.gep(base, [builder.mul(ir.Constant(stride.type, i), stride)])
+        builder.store(value, builder.bitcast(ptr, value.type.as_pointer()), align=1)
 
 
 def _fill(builder, rows, live, vt, value):
@@ -224,7 +234,7 @@ def _group_lc(typingctx, arr, row, thr):
         return None
 
     def codegen(context, builder, signature, args):
-        rows, live, vt = _group_load(context, builder, signature.args[0], args[0],
+        rows, live, vt, _ = _group_load(context, builder, signature.args[0], args[0],
                                      context.cast(builder, args[1], signature.args[1], types.intp))
         m = _reduce(builder, _fill(builder, rows, live, vt, float("-inf")), _vmax(builder))
         s = _reduce(builder, _fill(builder, rows, live, vt, 0.0), builder.fadd)
@@ -244,7 +254,7 @@ def _group_margin(typingctx, arr, row, thr):
         return None
 
     def codegen(context, builder, signature, args):
-        rows, live, vt = _group_load(context, builder, signature.args[0], args[0],
+        rows, live, vt, _ = _group_load(context, builder, signature.args[0], args[0],
                                      context.cast(builder, args[1], signature.args[1], types.intp))
         vmax, vmin = _vmax(builder), _vmin(builder)
         n = vt.count
@@ -273,8 +283,8 @@ def _group_entropy(typingctx, arr, row, thr, cut, params, stats):
         return None
 
     def codegen(context, builder, signature, args):
-        rows, live, vt = _group_load(context, builder, signature.args[0], args[0],
-                                     context.cast(builder, args[1], signature.args[1], types.intp))
+        rows, live, vt, n_col = _group_load(context, builder, signature.args[0], args[0],
+                                            context.cast(builder, args[1], signature.args[1], types.intp))
         n = vt.count
         ivt = ir.VectorType(ir.IntType(32 if signature.args[0].dtype == types.float32 else 64), n)
         dt = ir.VectorType(ir.DoubleType(), n)
@@ -285,12 +295,7 @@ def _group_entropy(typingctx, arr, row, thr, cut, params, stats):
         q = _reduce(builder, squares, builder.fadd)
         r = _reduce(builder, [builder.fmul(a, v) for a, v in zip(squares, zeroed)], builder.fadd)
         o = _reduce(builder, [builder.bitcast(v, ivt) for v in zeroed], builder.or_)
-        out = context.make_array(signature.args[5])(context, builder, args[5])
-        row_stride = builder.extract_value(out.strides, 0)
-        base = builder.bitcast(out.data, ir.IntType(8).as_pointer())
-        for i, value in enumerate((m, s, q, r)):
-            ptr = builder.gep(base, [builder.mul(ir.Constant(row_stride.type, i), row_stride)])
-            builder.store(value, builder.bitcast(ptr, vt.as_pointer()), align=1)
+        _store_rows(context, builder, signature.args[5], args[5], (m, s, q, r))
 
         def wide(x):
             return builder.fpext(x, dt) if vt != dt else x
@@ -306,8 +311,7 @@ def _group_entropy(typingctx, arr, row, thr, cut, params, stats):
         log_c, inv_c, slack_quad, slack_cubic = (_splat(builder, builder.extract_value(args[4], i), n)
                                                  for i in range(4))
         thr_v, cut_v = _splat(builder, args[2], n), _splat(builder, args[3], n)
-        n_class = builder.sitofp(_splat(builder, builder.extract_value(
-            context.make_array(signature.args[0])(context, builder, args[0]).shape, 1), n), dt)
+        n_class = builder.sitofp(_splat(builder, n_col, n), dt)
         tangent = fadd(log_c, fmul(fsub(log_c, const(1.0)), fsub(s, const(1.0))))
         quad = fadd(tangent, slack_quad)
         spread = fsub(q, fmul(fmul(s, s), inv_c))
@@ -339,21 +343,16 @@ def _group_bald(typingctx, g, sp, ub, row, out):
         dt = ir.VectorType(ir.DoubleType(), 16)
         sums = []
         for i in (0, 1):
-            rows, live, vt = _group_load(context, builder, signature.args[i], args[i], row)
+            rows, live, vt, _ = _group_load(context, builder, signature.args[i], args[i], row)
             sums.append(_reduce(builder, [builder.fpext(v, dt) for v in _fill(builder, rows, live, vt, 0.0)],
                                 builder.fadd))
-        rows, live, vt = _group_load(context, builder, signature.args[2], args[2], row)
+        rows, live, vt, _ = _group_load(context, builder, signature.args[2], args[2], row)
         zero = ir.Constant(vt, [0] * 16)
         worst = _reduce(builder, [builder.select(live, v, zero) for v in rows],
                         lambda a, b: builder.select(builder.icmp_unsigned(">", a, b), a, b))
         bad = builder.icmp_unsigned(">", worst, ir.Constant(vt, [int(_BITS_MAX)] * 16))
         sums.append(builder.uitofp(bad, dt))
-        o = context.make_array(signature.args[4])(context, builder, args[4])
-        stride = builder.extract_value(o.strides, 0)
-        base = builder.bitcast(o.data, ir.IntType(8).as_pointer())
-        for i, value in enumerate(sums):
-            ptr = builder.gep(base, [builder.mul(ir.Constant(stride.type, i), stride)])
-            builder.store(value, builder.bitcast(ptr, dt.as_pointer()), align=1)
+        _store_rows(context, builder, signature.args[4], args[4], sums)
         return context.get_dummy_value()
     return types.void(g, sp, ub, row, out), codegen
 
@@ -893,11 +892,7 @@ def _entropy_exact(p, start, cand, cand_up, n_cand, floor, terms, hs, hp, npos, 
         st[2] += 1
         for c in range(p.shape[1]):
             terms[c] = _plogp(np.float64(p[b, c]))
-        score = _entropy_of(terms)
-        if score != score:
-            _offer_nan(npos, st, start + b)
-        elif score >= thr and _offer(hs, hp, st, score, start + b):
-            thr = hs[0] if st[0] == k else -np.inf
+        thr = _enter(_entropy_of(terms), start + b, thr, hs, hp, npos, st)
 
 
 @nb.njit(**_EXACT)
@@ -979,6 +974,14 @@ def _bald_terms(sp, sl, n, inv_t, g):
         g[i] = sl[i] * inv_t - mu * _flog(mu)
 
 
+@nb.njit(inline="always", **_BOUND)
+def _bald_up(est, mass, bad, n_pass, rounding):
+    """An item's bound from its estimate ``est`` and mass (see :func:`_bald_bounds`); +inf for a ``bad`` item."""
+    if bad:
+        return np.inf
+    return max(est + 2.0 * (2.01 * _LOG_ERR * mass / n_pass + rounding) + 1e-9, 0.0)
+
+
 @nb.njit(**_BOUND)
 def _bald_bounds(x, st0, n_pass, n_item, n_class, up):
     """Per item an upper bound ``up`` on the reference bald of float32 values ``x`` (laid out as in
@@ -1020,8 +1023,7 @@ def _bald_bounds(x, st0, n_pass, n_item, n_class, up):
         for i0 in range(0, end, 16):
             _group_bald(g2, sp2, ub2, i0, sums)
             for r in range(16):
-                eps = 2.0 * (2.01 * _LOG_ERR * sums[1, r] / n_pass + rounding) + 1e-9
-                up[b0 + i0 + r] = np.inf if sums[2, r] > 0.0 else max(sums[0, r] + eps, 0.0)
+                up[b0 + i0 + r] = _bald_up(sums[0, r], sums[1, r], sums[2, r] > 0.0, n_pass, rounding)
         for i in range(end, n_tile):
             est = 0.0
             mass = 0.0
@@ -1030,11 +1032,7 @@ def _bald_bounds(x, st0, n_pass, n_item, n_class, up):
                 est += g[j]
                 mass += sp[j]
                 worst = max(worst, ub[j])
-            if worst > _BITS_MAX:
-                up[b0 + i] = np.inf
-            else:
-                eps = 2.0 * (2.01 * _LOG_ERR * mass / n_pass + rounding) + 1e-9
-                up[b0 + i] = max(est + eps, 0.0)
+            up[b0 + i] = _bald_up(est, mass, worst > _BITS_MAX, n_pass, rounding)
 
 
 @nb.njit(**_EXACT)
@@ -1060,11 +1058,7 @@ def _bald_push(x, st0, n_pass, n_item, n_class, start, up, hs, hp, npos, st):
                 continue
             b = cand[j]
             st[2] += 1
-            score = _bald_item(x, st0, n_pass, n_class, b, terms, mean)
-            if score != score:
-                _offer_nan(npos, st, start + b)
-            elif score >= thr and _offer(hs, hp, st, score, start + b):
-                thr = hs[0] if st[0] == k else -np.inf
+            thr = _enter(_bald_item(x, st0, n_pass, n_class, b, terms, mean), start + b, thr, hs, hp, npos, st)
 
 
 @nb.njit(**_EXACT)
